@@ -1,0 +1,55 @@
+# seqmnist: `make train` and `make test` set up the environment on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+# An offline copy of the datasets beside the project is used when present; otherwise
+# data.root defaults to data/ and torchvision downloads into it.
+ifneq ($(wildcard ../shared/data/MNIST/raw),)
+export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
+endif
+
+.PHONY: help install train test test-fast lint format tensorboard sweep clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+install: $(STAMP)  ## create .venv and install the project with dev tools
+
+train: install  ## train the default model (extra overrides: make train ARGS="cell=gru layers=3")
+	$(PY) -m seqmnist.train $(ARGS)
+
+test: install  ## run the test suite (PYTEST_ARGS="-m 'not slow'" to narrow it)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install  ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install  ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+tensorboard: install  ## TensorBoard over every run in outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
+
+sweep: install  ## a small grid over cells and depths (2 short epochs each)
+	$(PY) -m seqmnist.train -m cell=rnn,lstm,gru layers=1,2 trainer.max_epochs=2 \
+		trainer.enable_progress_bar=false $(ARGS)
+
+clean:  ## remove caches (keeps .venv, data/ and outputs/)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +

@@ -1,0 +1,125 @@
+"""SeqClassifier: learning on a learnable task, logged metrics, optimizers and schedulers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from seqmnist.data import SeqMNISTDataModule
+from seqmnist.module import SeqClassifier
+
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01}
+
+
+def make_trainer(tmp_path: Path, **kw) -> L.Trainer:
+    kw = {
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": tmp_path,
+        **kw,
+    }
+    return L.Trainer(**kw)
+
+
+def test_learns_a_learnable_task(synthetic_root: Path, tmp_path: Path) -> None:
+    L.seed_everything(0)
+    dm = SeqMNISTDataModule(root=str(synthetic_root), batch_size=25, val_size=100, download=False)
+    model = SeqClassifier(net={"cell": "gru", "hidden_size": 32}, optimizer=ADAM)
+    trainer = make_trainer(tmp_path, max_epochs=15, num_sanity_val_steps=0)
+    before = trainer.test(model, datamodule=dm, verbose=False)[0]["test/acc"]
+    trainer.fit(model, datamodule=dm)  # 20 steps/epoch x 15 = 300 steps
+    m = dict(trainer.callback_metrics)
+    for key in (
+        "train/loss",
+        "train/acc",
+        "train/loss_epoch",
+        "train/acc_epoch",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+    ):
+        assert key in m, key
+    assert m["val/acc_best"] >= m["val/acc"] - 1e-6
+    after = trainer.test(model, datamodule=dm, verbose=False)[0]
+    assert before < 0.3
+    assert after["test/acc"] > 0.9
+    assert after["test/loss"] < 0.5
+
+
+def test_hparams_are_plain_and_rebuild_the_model(tmp_path: Path) -> None:
+    model = SeqClassifier(
+        net={"cell": "lstm", "hidden_size": 8, "num_layers": 2},
+        optimizer=ADAM,
+        input_size=1,
+        class_names=[str(i) for i in range(10)],
+    )
+    assert isinstance(model.hparams["net"], dict)
+    again = SeqClassifier(**model.hparams)
+    again.load_state_dict(model.state_dict())
+    x = torch.randn(2, 784, 1)
+    model.eval()
+    again.eval()
+    assert torch.allclose(model(x), again(x))
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "horizon_arg"),
+    [
+        (
+            {
+                "scheduler": {
+                    "_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                    "_partial_": True,
+                },
+                "interval": "step",
+            },
+            "T_max",
+        ),
+        (
+            {
+                "scheduler": {
+                    "_target_": "torch.optim.lr_scheduler.OneCycleLR",
+                    "_partial_": True,
+                    "max_lr": 0.01,
+                },
+                "interval": "step",
+            },
+            "total_steps",
+        ),
+        (
+            {
+                "scheduler": {
+                    "_target_": "torch.optim.lr_scheduler.ReduceLROnPlateau",
+                    "_partial_": True,
+                    "mode": "max",
+                },
+                "interval": "epoch",
+                "monitor": "val/acc",
+            },
+            None,
+        ),
+    ],
+)
+def test_schedulers_fill_their_horizon(
+    synthetic_root: Path, tmp_path: Path, scheduler: dict, horizon_arg: str | None
+) -> None:
+    dm = SeqMNISTDataModule(root=str(synthetic_root), batch_size=50, val_size=100, download=False)
+    model = SeqClassifier(
+        net={"cell": "gru", "hidden_size": 8}, optimizer=ADAM, scheduler=scheduler
+    )
+    trainer = make_trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, datamodule=dm)
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    if horizon_arg == "T_max":
+        assert sched.T_max == 20  # 10 steps/epoch x 2 epochs
+    elif horizon_arg == "total_steps":
+        assert sched.total_steps == 20
+    else:
+        assert trainer.lr_scheduler_configs[0].monitor == "val/acc"

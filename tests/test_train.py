@@ -1,0 +1,147 @@
+"""`python -m seqmnist.train` end to end, as a user runs it (subprocesses, tiny data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from .conftest import FAST, PROJECT_ROOT, run_module
+
+
+def train(*overrides: str, root: Path, run_dir: Path, env: dict | None = None):
+    return run_module(
+        "seqmnist.train",
+        f"data.root={root}",
+        f"hydra.run.dir={run_dir}",
+        *FAST,
+        *overrides,
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+
+
+def tb_tags(run_dir: Path) -> set[str]:
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_run_writes_config_metrics_checkpoints_and_events(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = train("cell=gru", "layers=2", "scheduler=cosine", root=synthetic_root, run_dir=run_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "resolved_config.yaml").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test/acc", "test/loss", "val/acc_best", "epochs", "train_seconds", "params"):
+        assert metrics[key] is not None, key
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1
+    assert metrics["cell"] == "gru" and metrics["layers"] == 2
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    ckpts = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
+    assert "last.ckpt" in ckpts and len(ckpts) == 2
+    assert Path(metrics["best_ckpt"]).is_file()
+    tags = tb_tags(run_dir)
+    for tag in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/acc",
+        "hp_metric",
+        "lr-Adam",
+    ):
+        assert tag in tags, (tag, tags)
+    # One summary line with the test accuracy.
+    summary = [ln for ln in proc.stdout.splitlines() if "test_acc" in ln]
+    assert len(summary) == 1 and "gru 2x16" in summary[0]
+
+
+def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
+    runs = [train("seed=3", root=synthetic_root, run_dir=tmp_path / f"r{i}") for i in range(2)]
+    assert all(p.returncode == 0 for p in runs), runs[0].stderr
+    m = [json.loads((tmp_path / f"r{i}" / "metrics.json").read_text()) for i in range(2)]
+    for key in ("test/acc", "test/loss", "val/acc_best"):
+        assert m[0][key] == m[1][key], key
+
+
+def test_multirun_makes_one_dir_per_job(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        "seqmnist.train",
+        "-m",
+        f"data.root={synthetic_root}",
+        f"hydra.sweep.dir={sweep}",
+        *FAST,
+        "cell=lstm,gru",
+        cwd=PROJECT_ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert jobs == ["0", "1"]
+    cells = [json.loads((sweep / j / "metrics.json").read_text())["cell"] for j in jobs]
+    assert cells == ["lstm", "gru"]
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("cell=transformer", ["cell", "gru", "lstm", "rnn"]),
+        ("optimizer=nope", ["optimizer", "adam", "rmsprop", "sgd"]),
+        ("layers=0", ["layers=0", "integer >= 1"]),
+        ("hidden=-5", ["hidden=-5", "integer >= 1"]),
+        ("dropout=1.5", ["dropout=1.5", "[0, 1)"]),
+    ],
+)
+def test_bad_override_fails_cleanly(
+    synthetic_root: Path, tmp_path: Path, override: str, needles: list[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = train(override, root=synthetic_root, run_dir=run_dir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    for needle in needles:
+        assert needle in out, (needle, out)
+    assert "Traceback" not in out
+    assert not list(run_dir.rglob("*.ckpt")) and not (run_dir / "metrics.json").exists()
+
+
+def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = train("data.download=false", root=tmp_path / "empty", run_dir=run_dir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in out and "SEQMNIST_DATA_ROOT" in out
+    assert "Traceback" not in out
+
+
+def test_help_and_cfg_job() -> None:
+    proc = run_module("seqmnist.train", "--help", cwd=PROJECT_ROOT)
+    assert proc.returncode == 0 and "cell: gru, lstm, rnn" in proc.stdout
+    proc = run_module("seqmnist.train", "--cfg", "job", "cell=gru", cwd=PROJECT_ROOT)
+    assert proc.returncode == 0 and "cell: gru" in proc.stdout
+
+
+@pytest.mark.realdata
+def test_short_run_on_real_mnist(real_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "real"
+    proc = run_module(
+        "seqmnist.train",
+        f"data.root={real_root}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=60",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+        cwd=PROJECT_ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # 60 steps of the default LSTM-128 already reads digits far better than chance.
+    assert metrics["test/acc"] > 0.5
