@@ -89,6 +89,28 @@ def test_multirun_makes_one_dir_per_job(synthetic_root: Path, tmp_path: Path) ->
     assert cells == ["lstm", "gru"]
 
 
+def test_failing_job_is_recorded_and_the_sweep_goes_on(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    # Job 1 asks for more validation images than the file has: it fails inside fit().
+    proc = run_module(
+        "seqmnist.train",
+        "-m",
+        f"data.root={synthetic_root}",
+        f"hydra.sweep.dir={sweep}",
+        *FAST,
+        "data.val_size=100,100000",
+        cwd=PROJECT_ROOT,
+    )
+    out = proc.stdout + proc.stderr
+    ok = json.loads((sweep / "0" / "metrics.json").read_text())
+    failed = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert ok["status"] == "completed" and ok["test/acc"] is not None
+    assert failed["status"] == "failed" and "data.val_size=100000" in failed["error"]
+    assert "data.val_size=100000" in out
+
+
 @pytest.mark.parametrize(
     ("override", "needles"),
     [
@@ -97,13 +119,14 @@ def test_multirun_makes_one_dir_per_job(synthetic_root: Path, tmp_path: Path) ->
         ("layers=0", ["layers=0", "integer >= 1"]),
         ("hidden=-5", ["hidden=-5", "integer >= 1"]),
         ("dropout=1.5", ["dropout=1.5", "[0, 1)"]),
+        ("data.sequence=patch data.step_pixels=5", ["data.step_pixels=5", "divide"]),
     ],
 )
 def test_bad_override_fails_cleanly(
     synthetic_root: Path, tmp_path: Path, override: str, needles: list[str]
 ) -> None:
     run_dir = tmp_path / "run"
-    proc = train(override, root=synthetic_root, run_dir=run_dir)
+    proc = train(*override.split(), root=synthetic_root, run_dir=run_dir)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     for needle in needles:

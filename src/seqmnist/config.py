@@ -55,3 +55,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} could not be read: {e}") from None
         if not ok(value):
             raise ConfigError(f"{key}={value!r} is not allowed; {key} must be {allowed}.")
+    step = cfg.data.get("step_pixels")
+    if cfg.data.sequence == "patch" and not (
+        isinstance(step, int) and step >= 1 and 784 % step == 0
+    ):
+        raise ConfigError(
+            f"data.step_pixels={step!r} is not allowed with data.sequence=patch; it must divide "
+            "784 (1, 2, 4, 7, 8, 14, 16, 28, 49, 56, 98, 112, 196, 392, 784)."
+        )

@@ -79,14 +79,26 @@ class SeqClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._shared_step(batch)
-        # Per-step curves under the plain tags, epoch aggregates under *_epoch.
-        self.train_loss(loss, weight=y.numel())
-        batch_acc = self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/acc", batch_acc, on_step=True, on_epoch=False)
-        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
-        self.log("train/acc_epoch", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        # Epoch aggregates are plain metric updates (no per-step compute or sync); the
+        # per-step curves are built only on the steps the Trainer writes to its loggers.
+        self.train_loss.update(loss.detach(), weight=y.numel())
+        self.train_acc.update(logits.detach(), y)
+        if self._is_logging_step():
+            batch_acc = (logits.detach().argmax(dim=-1) == y).float().mean()
+            self.log_dict({"train/loss": loss.detach(), "train/acc": batch_acc}, prog_bar=True)
         return loss
+
+    def _is_logging_step(self) -> bool:
+        # The Trainer's own rule for "this step goes to the loggers" (log_every_n_steps).
+        trainer = self._trainer
+        return trainer is None or trainer._logger_connector.should_update_logs
+
+    def on_train_epoch_end(self) -> None:
+        # compute() already reduces across DDP ranks; sync_dist just tells Lightning so.
+        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
+        self.log("train/acc_epoch", self.train_acc.compute(), prog_bar=True, sync_dist=True)
+        self.train_loss.reset()
+        self.train_acc.reset()
 
     # -- validation / test -------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -98,7 +110,7 @@ class SeqClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, logits, y = self._shared_step(batch)
@@ -109,7 +121,7 @@ class SeqClassifier(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # TensorBoard's HParams tab compares runs on this tag.
-        self.log("hp_metric", self.test_acc.compute())
+        self.log("hp_metric", self.test_acc.compute(), sync_dist=True)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -10,12 +10,15 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -26,14 +29,31 @@ from seqmnist.nets import count_parameters
 
 log = logging.getLogger("seqmnist.train")
 
+# Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; not ours to fix.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, re-raising our own user errors unwrapped.
+
+    Hydra wraps anything a constructor raises in ``InstantiationException``; a bad value
+    caught by one of our constructors should still read as one clear message.
+    """
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, SeqMNISTError):
+            raise e.__cause__ from None
+        raise
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
     """Instantiate every ``_target_`` entry of a callbacks/logger group (null entries skipped)."""
     if not group:
         return []
-    return [instantiate(node) for node in group.values() if node and "_target_" in node]
+    return [build(node) for node in group.values() if node and "_target_" in node]
 
 
 def run_hparams(cfg: DictConfig, params: int) -> dict[str, Any]:
@@ -67,8 +87,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    model: L.LightningModule = instantiate(
+    datamodule: L.LightningDataModule = build(cfg.data)
+    model: L.LightningModule = build(
         cfg.model,
         input_size=datamodule.input_size,
         num_classes=datamodule.num_classes,
@@ -79,7 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Lightning refuses a progress-bar callback when the bar is switched off.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     params = count_parameters(model)
     hparams = run_hparams(cfg, params)
@@ -129,16 +149,40 @@ def summary_line(m: dict[str, Any]) -> str:
     )
 
 
+def record_failure(cfg: DictConfig, error: BaseException) -> None:
+    """Mark the run failed in its own ``metrics.json`` so sweeps and reports can see why."""
+    try:
+        out = output_dir(cfg)
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    except Exception:  # never hide the original error behind a bookkeeping one
+        log.exception("could not write metrics.json for the failed run")
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``val/acc_best`` for sweepers to optimise."""
+    """Hydra entry point; returns ``val/acc_best`` for sweepers to optimise.
+
+    In a single run a user error (bad value, missing data) prints one message and exits
+    with status 2. In a multirun a failing job is recorded as failed in its own directory
+    and returns NaN, so the other jobs of the sweep still run.
+    """
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
     except SeqMNISTError as e:
         log.error(str(e))
-        if HydraConfig.get().mode.name == "RUN":
+        if not multirun:
             sys.exit(e.EXIT_CODE)
-        raise
+        record_failure(cfg, e)
+        return float("nan")
+    except Exception as e:
+        record_failure(cfg, e)
+        if not multirun:
+            raise
+        log.exception("job failed; the sweep goes on")
+        return float("nan")
     return metrics.get("val/acc_best")
 
 

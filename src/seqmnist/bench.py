@@ -1,0 +1,233 @@
+"""Training throughput: the project's Lightning path against a plain PyTorch loop.
+
+``python -m seqmnist.bench`` (``make bench``) times, in one process, on the same in-memory
+data and the same network code:
+
+* **plain**: a hand-written loop (index a batch, forward, cross-entropy, backward, Adam step);
+* **lightning**: ``SeqMNISTDataModule`` + ``SeqClassifier`` + ``Trainer`` with metrics and
+  TensorBoard logging on and the progress bar off,
+
+alternating the two for a few rounds after a warm-up so machine noise hits both alike. For
+each config it reports samples/s of both, their ratio, and the efficiency against a FLOP
+floor: the model's training FLOPs per sample (3x the forward multiply-adds, x2 FLOPs each)
+divided by the machine's measured matmul throughput at the cell's GEMM shapes. It writes
+``outputs/bench/bench.json``, prints a Markdown table, and ends with the line
+``bench: lightning/plain = R`` for the default config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from seqmnist.data import SeqMNISTDataModule, default_data_root
+from seqmnist.module import SeqClassifier
+from seqmnist.nets import RecurrentClassifier
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    cell: str
+    layers: int
+    hidden: int
+    batch_size: int
+    dropout: float = 0.0
+
+
+CONFIGS = [
+    BenchConfig("lstm128-bs128 (default)", "lstm", 1, 128, 128),
+    BenchConfig("gru3x200-bs64", "gru", 3, 200, 64),
+    BenchConfig("lstm128-bs1024", "lstm", 1, 128, 1024),
+]
+
+
+def macs_per_sample(
+    c: BenchConfig, input_size: int = 28, seq_len: int = 28, classes: int = 10
+) -> int:
+    """Forward multiply-adds of one sample: every gate's input and recurrent GEMM, then the head."""
+    total, fan_in = 0, input_size
+    for _ in range(c.layers):
+        total += seq_len * GATES[c.cell] * c.hidden * (fan_in + c.hidden)
+        fan_in = c.hidden
+    return total + c.hidden * classes
+
+
+def matmul_flops(c: BenchConfig, input_size: int = 28, repeats: int = 200) -> float:
+    """Measured FLOP/s of the cell's per-step GEMM, (B, in+H) @ (in+H, gates*H)."""
+    a = torch.randn(c.batch_size, input_size + c.hidden)
+    b = torch.randn(input_size + c.hidden, GATES[c.cell] * c.hidden)
+    for _ in range(20):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    seconds = time.perf_counter() - start
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] * repeats / seconds
+
+
+def make_net(c: BenchConfig) -> dict:
+    return {"cell": c.cell, "hidden_size": c.hidden, "num_layers": c.layers, "dropout": c.dropout}
+
+
+def time_plain(c: BenchConfig, dm: SeqMNISTDataModule, steps: int) -> float:
+    """Samples/s of a plain loop over ``steps`` shuffled batches (after 5 warm-up steps)."""
+    net = RecurrentClassifier(dm.input_size, dm.num_classes, **make_net(c))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x, y = dm.train_set.inputs, dm.train_set.targets
+    order = torch.randperm(len(y))
+    start = 0.0
+    for step in range(steps + 5):
+        if step == 5:
+            start = time.perf_counter()
+        idx = order[(step * c.batch_size) % (len(y) - c.batch_size) :][: c.batch_size]
+        loss = F.cross_entropy(net(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * c.batch_size / (time.perf_counter() - start)
+
+
+class _StepTimer(Callback):
+    """Times training batches after the first five (same warm-up as the plain loop)."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.end = 0.0
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 5:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.start is not None:
+            self.end = time.perf_counter()
+            self.batches += 1
+
+
+def time_lightning(c: BenchConfig, dm: SeqMNISTDataModule, steps: int, log_dir: str) -> float:
+    """Samples/s of the project's path: DataModule + SeqClassifier + Trainer, logging on."""
+    dm.batch_size = c.batch_size
+    model = SeqClassifier(
+        net=make_net(c),
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        input_size=dm.input_size,
+        num_classes=dm.num_classes,
+    )
+    timer = _StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=steps + 5,
+        limit_val_batches=0,
+        logger=TensorBoardLogger(log_dir, name="", version=""),
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    # The last batch's "end" is after its optimizer step, like the plain loop's timing.
+    return (timer.batches - 1) * c.batch_size / (timer.end - timer.start) if timer.start else 0.0
+
+
+def run(configs: list[BenchConfig], rounds: int, samples: int, root: str) -> list[dict]:
+    dm = SeqMNISTDataModule(root=root, download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    rows = []
+    with tempfile.TemporaryDirectory() as log_dir:
+        for c in configs:
+            steps = max(20, samples // c.batch_size)
+            time_plain(c, dm, 5)  # warm-up: first calls allocate and pick kernels
+            time_lightning(c, dm, 5, log_dir)
+            plain, light = [], []
+            for _ in range(rounds):
+                torch.manual_seed(0)
+                plain.append(time_plain(c, dm, steps))
+                torch.manual_seed(0)
+                light.append(time_lightning(c, dm, steps, log_dir))
+            p, lt = statistics.median(plain), statistics.median(light)
+            floor = 6 * macs_per_sample(c) / matmul_flops(c)  # seconds per sample at matmul speed
+            rows.append(
+                {
+                    **asdict(c),
+                    "steps": steps,
+                    "plain_samples_per_s": round(p, 1),
+                    "lightning_samples_per_s": round(lt, 1),
+                    "ratio": round(lt / p, 3),
+                    "plain_rounds": [round(v, 1) for v in plain],
+                    "lightning_rounds": [round(v, 1) for v in light],
+                    "train_flops_per_sample": 6 * macs_per_sample(c),
+                    "efficiency_vs_matmul": round(lt * floor, 3),
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| config | plain samples/s | lightning samples/s | lightning/plain | MFLOP/sample (train) "
+        "| efficiency vs matmul |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['plain_samples_per_s']:,.0f} "
+            f"| {r['lightning_samples_per_s']:,.0f} "
+            f"| {r['ratio']:.3f} | {r['train_flops_per_sample'] / 1e6:.1f} "
+            f"| {100 * r['efficiency_vs_matmul']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--root", default=default_data_root(), help="data root (%(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per config")
+    parser.add_argument("--samples", type=int, default=12_800, help="samples timed per round")
+    parser.add_argument("--configs", nargs="*", help="subset of config names (prefix match)")
+    parser.add_argument("--out", default="outputs/bench/bench.json")
+    args = parser.parse_args(argv)
+
+    wanted = args.configs or [c.name for c in CONFIGS]
+    configs = [c for c in CONFIGS if any(c.name.startswith(p) for p in wanted)]
+    rows = run(configs, args.rounds, args.samples, args.root)
+    report = {
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        },
+        "rounds": args.rounds,
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table(rows))
+    print(f"\nwrote {out}")
+    print(f"bench: lightning/plain = {rows[0]['ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
