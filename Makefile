@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-fast lint format tensorboard sweep clean
+.PHONY: help install train test test-fast lint format tensorboard sweep report bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,9 +46,15 @@ format: install  ## apply ruff's fixes and formatting
 tensorboard: install  ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
-sweep: install  ## a small grid over cells and depths (2 short epochs each)
+sweep: install  ## a small grid (cells x depths, 2 short epochs each), then its report
 	$(PY) -m seqmnist.train -m cell=rnn,lstm,gru layers=1,2 trainer.max_epochs=2 \
-		trainer.enable_progress_bar=false $(ARGS)
+		trainer.limit_train_batches=100 trainer.enable_progress_bar=false \
+		callbacks.model_summary=null $(ARGS)
+	$(PY) -m seqmnist.report "$$(ls -d outputs/train/multiruns/*/ | tail -n 1)"
+
+report: install  ## summarise a sweep: make report DIR=outputs/train/multiruns/<time>
+	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep dir>"; exit 2; }
+	$(PY) -m seqmnist.report "$(DIR)"
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

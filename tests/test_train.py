@@ -83,6 +83,7 @@ def test_multirun_makes_one_dir_per_job(synthetic_root: Path, tmp_path: Path) ->
         cwd=PROJECT_ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (sweep / "results.md").is_file() and (sweep / "results.csv").is_file()
     jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     assert jobs == ["0", "1"]
     cells = [json.loads((sweep / j / "metrics.json").read_text())["cell"] for j in jobs]
@@ -109,6 +110,9 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(
     assert ok["status"] == "completed" and ok["test/acc"] is not None
     assert failed["status"] == "failed" and "data.val_size=100000" in failed["error"]
     assert "data.val_size=100000" in out
+    # The sweep says how many failed, in its exit status and its report.
+    assert proc.returncode == 1 and "1 failed" in out
+    assert "failed" in (sweep / "results.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -109,16 +109,18 @@ class _StepTimer(Callback):
     def __init__(self) -> None:
         self.start: float | None = None
         self.end = 0.0
-        self.batches = 0
+        self.seen = 0  # batches started, across epochs
+        self.timed = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == 5:
+        self.seen += 1
+        if self.seen == 6:
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.start is not None:
             self.end = time.perf_counter()
-            self.batches += 1
+            self.timed += 1
 
 
 def time_lightning(c: BenchConfig, dm: SeqMNISTDataModule, steps: int, log_dir: str) -> float:
@@ -133,8 +135,8 @@ def time_lightning(c: BenchConfig, dm: SeqMNISTDataModule, steps: int, log_dir: 
     timer = _StepTimer()
     trainer = L.Trainer(
         accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=steps + 5,
+        max_epochs=-1,
+        max_steps=steps + 5,
         limit_val_batches=0,
         logger=TensorBoardLogger(log_dir, name="", version=""),
         callbacks=[timer],
@@ -143,12 +145,14 @@ def time_lightning(c: BenchConfig, dm: SeqMNISTDataModule, steps: int, log_dir: 
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    # The last batch's "end" is after its optimizer step, like the plain loop's timing.
-    return (timer.batches - 1) * c.batch_size / (timer.end - timer.start) if timer.start else 0.0
+    # Timed from the start of batch 6 to the end of the last one, like the plain loop.
+    return timer.timed * c.batch_size / (timer.end - timer.start) if timer.start else 0.0
 
 
-def run(configs: list[BenchConfig], rounds: int, samples: int, root: str) -> list[dict]:
-    dm = SeqMNISTDataModule(root=root, download=False)
+def run(
+    configs: list[BenchConfig], rounds: int, samples: int, root: str, val_size: int = 5000
+) -> list[dict]:
+    dm = SeqMNISTDataModule(root=root, download=False, val_size=val_size)
     dm.prepare_data()
     dm.setup("fit")
     rows = []
@@ -205,12 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per config")
     parser.add_argument("--samples", type=int, default=12_800, help="samples timed per round")
     parser.add_argument("--configs", nargs="*", help="subset of config names (prefix match)")
+    parser.add_argument("--val-size", type=int, default=5000, help="as data.val_size")
     parser.add_argument("--out", default="outputs/bench/bench.json")
     args = parser.parse_args(argv)
 
     wanted = args.configs or [c.name for c in CONFIGS]
     configs = [c for c in CONFIGS if any(c.name.startswith(p) for p in wanted)]
-    rows = run(configs, args.rounds, args.samples, args.root)
+    rows = run(configs, args.rounds, args.samples, args.root, args.val_size)
     report = {
         "machine": {
             "cpu_threads": torch.get_num_threads(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import warnings
@@ -16,6 +17,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
@@ -82,9 +84,25 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def cpu_threads(cfg: DictConfig) -> int | None:
+    """Threads for this run: ``threads`` if set, else cores / parallel jobs of the launcher."""
+    if cfg.get("threads"):
+        return int(cfg.threads)
+    try:
+        n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    except ValueError:  # not running under Hydra (tests, notebooks)
+        return None
+    if not n_jobs or n_jobs == 1:
+        return None
+    cores = os.cpu_count() or 1
+    return max(1, cores // (cores if n_jobs < 0 else min(n_jobs, cores)))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; returns the metrics written to ``metrics.json``."""
     validate(cfg)
+    if threads := cpu_threads(cfg):
+        torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = build(cfg.data)
@@ -111,6 +129,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         # .hydra/config.yaml keeps interpolations; this is what the run actually used.
         OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
+        # Replaced at the end; a report of a sweep in progress shows this job as running.
+        (out / "metrics.json").write_text(json.dumps({"status": "running", **hparams}) + "\n")
 
     metrics: dict[str, Any] = {"status": "running", **hparams}
     started = time.perf_counter()
@@ -171,17 +191,19 @@ def main(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)
-    except SeqMNISTError as e:
-        log.error(str(e))
-        if not multirun:
-            sys.exit(e.EXIT_CODE)
-        record_failure(cfg, e)
-        return float("nan")
     except Exception as e:
-        record_failure(cfg, e)
-        if not multirun:
+        # A job that got as far as starting (metrics.json exists) is marked failed; a
+        # config rejected up front leaves nothing behind in a single run.
+        if multirun or (output_dir(cfg) / "metrics.json").exists():
+            record_failure(cfg, e)
+        if isinstance(e, SeqMNISTError):
+            log.error(str(e))
+            if not multirun:
+                sys.exit(e.EXIT_CODE)
+        elif not multirun:
             raise
-        log.exception("job failed; the sweep goes on")
+        else:
+            log.exception("job failed; the sweep goes on")
         return float("nan")
     return metrics.get("val/acc_best")
 

@@ -1,0 +1,67 @@
+"""Sweeps through Hydra's plugins: Optuna search, joblib and submitit launchers (tiny data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from .conftest import FAST, PROJECT_ROOT, run_module
+
+
+def sweep(*args: str, root: Path, sweep_dir: Path):
+    """A multirun over tiny data (``-m`` must come before the overrides)."""
+    flags = [a for a in args if a == "-m"]
+    overrides = [a for a in args if a != "-m"]
+    return run_module("seqmnist.train", *flags, f"data.root={root}", f"hydra.sweep.dir={sweep_dir}",
+                      *FAST, *overrides, cwd=PROJECT_ROOT)  # fmt: skip
+
+
+def completed_jobs(sweep_dir: Path) -> list[dict]:
+    found = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+    return [m for m in found if m["status"] == "completed"]
+
+
+def test_optuna_search_runs_trials_and_records_the_best(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "optuna"
+    proc = sweep("hparams_search=optuna", "hydra.sweeper.n_trials=3", root=synthetic_root,
+                 sweep_dir=out)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = completed_jobs(out)
+    assert len(jobs) == 3
+    best = yaml.safe_load((out / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(j["val/acc_best"] for j in jobs)
+    # The search really varied the searched keys.
+    assert len({(j["cell"], j["layers"], j["lr"]) for j in jobs}) == 3
+
+
+def test_joblib_runs_two_jobs_with_split_threads(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "joblib"
+    proc = sweep("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cell=lstm,gru",
+                 root=synthetic_root, sweep_dir=out)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(j["cell"] for j in completed_jobs(out)) == ["gru", "lstm"]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2
+
+
+def test_submitit_local_runs_one_job(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "submitit"
+    proc = sweep("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                 "cell=gru", root=synthetic_root, sweep_dir=out)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (job,) = completed_jobs(out)
+    assert job["cell"] == "gru"
+
+
+def test_slurm_launcher_config_composes() -> None:
+    args = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=64"]
+    proc = run_module("seqmnist.train", *args, "--cfg", "hydra", cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["partition"] == "gpu" and launcher["mem_gb"] == 64
+    assert launcher["timeout_min"] == 60 and "submitit" in launcher["_target_"]
