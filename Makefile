@@ -56,6 +56,9 @@ report: install  ## summarise a sweep: make report DIR=outputs/train/multiruns/<
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep dir>"; exit 2; }
 	$(PY) -m seqmnist.report "$(DIR)"
 
+bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (outputs/bench/)
+	$(PY) -m seqmnist.bench $(ARGS)
+
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +

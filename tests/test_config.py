@@ -25,6 +25,7 @@ def make_cfg(*overrides: str):
         cfg = compose("train", overrides=list(overrides))
     with open_dict(cfg):  # normally set by Hydra at run time
         cfg.paths.output_dir = "/tmp/seqmnist-test-out"
+        cfg.run_name = "test-run"  # uses ${hydra:...}, which only a running app resolves
     return cfg
 
 

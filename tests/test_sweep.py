@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import FAST, PROJECT_ROOT, run_module
@@ -24,6 +25,7 @@ def completed_jobs(sweep_dir: Path) -> list[dict]:
     return [m for m in found if m["status"] == "completed"]
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_records_the_best(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
@@ -39,6 +41,7 @@ def test_optuna_search_runs_trials_and_records_the_best(
     assert len({(j["cell"], j["layers"], j["lr"]) for j in jobs}) == 3
 
 
+@pytest.mark.slow
 def test_joblib_runs_two_jobs_with_split_threads(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "joblib"
     proc = sweep("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cell=lstm,gru",
@@ -49,6 +52,7 @@ def test_joblib_runs_two_jobs_with_split_threads(synthetic_root: Path, tmp_path:
     assert len(rows) == 2
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_one_job(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "submitit"
     proc = sweep("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",

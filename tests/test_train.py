@@ -24,7 +24,8 @@ def train(*overrides: str, root: Path, run_dir: Path, env: dict | None = None):
 
 
 def tb_tags(run_dir: Path) -> set[str]:
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    (run,) = (run_dir / "tensorboard").iterdir()  # fit and test may write separate files
+    acc = EventAccumulator(str(run))
     acc.Reload()
     return set(acc.Tags()["scalars"])
 
@@ -46,6 +47,10 @@ def test_run_writes_config_metrics_checkpoints_and_events(
     ckpts = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in ckpts and len(ckpts) == 2
     assert Path(metrics["best_ckpt"]).is_file()
+    # The TensorBoard run is named after its settings.
+    assert [p.name for p in (run_dir / "tensorboard").iterdir()] == [
+        "gru-2x16-drop0.0-adam-lr0.001-bs32-seed42"
+    ]
     tags = tb_tags(run_dir)
     for tag in (
         "train/loss",
@@ -155,6 +160,7 @@ def test_help_and_cfg_job() -> None:
     assert proc.returncode == 0 and "cell: gru" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_short_run_on_real_mnist(real_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "real"
