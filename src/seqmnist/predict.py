@@ -1,0 +1,212 @@
+"""Classify digit pictures with a trained checkpoint.
+
+Usage:
+  python -m seqmnist.predict --ckpt PATH [--json] [--top K] [--save-preprocessed DIR]
+                             IMAGE_OR_DIR...
+
+PATH is a .ckpt file or a training run's directory (its best checkpoint is used). Each
+input is a PNG, JPEG or BMP file of any size or colour, or a directory whose image files
+are all classified. Every picture is converted the way MNIST's digits were made: grayscale,
+inverted when the background is light, cropped to the digit, scaled so the longer side is
+20 px inside 28x28 (aspect kept), centred by centre of mass; then laid out as a sequence
+in the checkpoint's own mode (rows, columns, pixels, permuted pixels or patches).
+
+Prints the top classes with probabilities per image (class names for Fashion-MNIST
+checkpoints); --json prints one JSON document instead. A blank picture, an unreadable or
+non-image file, or an empty directory is reported as an error naming the file; the other
+inputs are still classified, and the exit status is 2 if any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seqmnist.checkpoint import LoadedCheckpoint, load_checkpoint
+from seqmnist.errors import SeqMNISTError
+from seqmnist.preprocess import (
+    IMAGE_SUFFIXES,
+    BlankImageError,
+    ImageInputError,
+    image_files,
+    load_image,
+    mnist_like,
+)
+
+
+def expand_inputs(args: list[str]) -> list[tuple[str, Path | ImageInputError]]:
+    """Each argument -> the files to classify, or the error that stands in for it."""
+    items: list[tuple[str, Path | ImageInputError]] = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            files = image_files(p)
+            if not files:
+                items.append(
+                    (
+                        arg,
+                        ImageInputError(
+                            f"{p} is a directory with no image files in it (looked for "
+                            f"{', '.join(IMAGE_SUFFIXES)}; subfolders are not searched). "
+                            "Fix: pass the image files, or the folder that holds them."
+                        ),
+                    )
+                )
+            items.extend((str(f), f) for f in files)
+        elif p.exists():
+            items.append((arg, p))
+        else:
+            items.append((arg, ImageInputError(f"{p}: no such file or directory.")))
+    return items
+
+
+def preprocessed_name(path: Path, used: set[str]) -> str:
+    """``<stem>.png``, numbered when two inputs share a stem."""
+    name, n = f"{path.stem}.png", 1
+    while name in used:
+        name, n = f"{path.stem}_{n}.png", n + 1
+    used.add(name)
+    return name
+
+
+@torch.inference_mode()
+def classify(loaded: LoadedCheckpoint, image: np.ndarray, top: int) -> list[dict[str, Any]]:
+    """uint8 ``(28, 28)`` -> the ``top`` most likely classes, best first."""
+    x = loaded.data.to_inputs(torch.from_numpy(image)[None])
+    probs = loaded.model(x).softmax(-1)[0]
+    values, indices = probs.topk(min(top, probs.numel()))
+    names = loaded.data.class_names
+    return [
+        {"class": names[int(i)], "index": int(i), "probability": float(v)}
+        for v, i in zip(values, indices, strict=True)
+    ]
+
+
+def run(
+    ckpt: str, inputs: list[str], top: int = 3, save_dir: str | None = None
+) -> tuple[LoadedCheckpoint, list[dict[str, Any]]]:
+    """Classify every input; one result dict per image or failed input (never raises for
+    a bad input, only for a bad checkpoint or output folder)."""
+    loaded = load_checkpoint(ckpt)
+    out = Path(save_dir) if save_dir else None
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ImageInputError(
+                f"--save-preprocessed {out}: cannot create that folder ({e.strerror}). "
+                "Fix: pass a writable folder."
+            ) from None
+    used: set[str] = set()
+    results: list[dict[str, Any]] = []
+    for label, item in expand_inputs(inputs):
+        if isinstance(item, ImageInputError):
+            results.append({"input": label, "ok": False, "error": str(item)})
+            continue
+        try:
+            image = mnist_like(load_image(item))
+        except BlankImageError as e:
+            results.append(
+                {
+                    "input": label,
+                    "ok": False,
+                    "blank": True,
+                    "error": f"{item}: {e}. Nothing was classified. Fix: check that the "
+                    "file shows a digit (dark on light or light on dark).",
+                }
+            )
+            continue
+        except ImageInputError as e:
+            results.append({"input": label, "ok": False, "error": str(e)})
+            continue
+        result: dict[str, Any] = {"input": label, "ok": True, "top": classify(loaded, image, top)}
+        if out is not None:
+            target = out / preprocessed_name(item, used)
+            Image.fromarray(image).save(target)
+            result["preprocessed"] = str(target)
+        results.append(result)
+    return loaded, results
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """One line: ``digit.png: 7 (0.971)  1 (0.012)  9 (0.008)``."""
+    ranked = "  ".join(f"{t['class']} ({t['probability']:.3f})" for t in result["top"])
+    return f"{result['input']}: {ranked}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m seqmnist.predict",
+        # The docstring minus its title and usage block (argparse prints its own usage).
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--ckpt",
+        required=True,
+        metavar="PATH",
+        help="a .ckpt written by seqmnist.train, or its run directory (best checkpoint used)",
+    )
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of them"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--top", type=int, default=3, metavar="K", help="how many classes to list (default 3)"
+    )
+    parser.add_argument(
+        "--save-preprocessed",
+        metavar="DIR",
+        help="write the 28x28 image the model saw for each input to DIR/<name>.png",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top < 1:
+        build_parser().error("--top must be at least 1")
+    try:
+        loaded, results = run(args.ckpt, args.inputs, args.top, args.save_preprocessed)
+    except SeqMNISTError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(e)}, indent=2))
+        return e.EXIT_CODE
+    failed = [r for r in results if not r["ok"]]
+    if args.json:
+        for r in failed:
+            print(f"error: {r['error']}", file=sys.stderr)
+        doc = {
+            "ok": not failed,
+            "checkpoint": str(loaded.path),
+            "model": loaded.describe(),
+            "dataset": loaded.data.dataset,
+            "sequence": loaded.data.sequence,
+            "results": results,
+            "failed": len(failed),
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"checkpoint: {loaded.path} ({loaded.describe()})", flush=True)
+        # In input order; errors on stderr so a pipe of stdout holds only predictions.
+        for r in results:
+            if r["ok"]:
+                print(format_result(r), flush=True)
+            else:
+                print(f"error: {r['error']}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"{len(failed)} of {len(results)} inputs failed.", file=sys.stderr)
+        return SeqMNISTError.EXIT_CODE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

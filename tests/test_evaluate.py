@@ -1,0 +1,230 @@
+"""`python -m seqmnist.evaluate`: reports written, numbers consistent, errors clear."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from seqmnist.evaluate import BIDIRECTIONAL_NOTE, FILES, evaluate_checkpoint
+
+from . import eval_helpers
+from .conftest import PROJECT_ROOT, run_module
+from .eval_helpers import ONE_THREAD, best_ckpt, make_checkpoint
+
+trained_run = eval_helpers.trained_run  # the session's tiny trained run (a fixture)
+one_thread = eval_helpers.one_thread  # autouse
+
+TEST_SIZE = 200  # the synthetic test split
+
+
+def evaluate(*overrides: str, out: Path, root: Path | None = None):
+    args = [f"hydra.run.dir={out}", *overrides]
+    if root is not None:
+        args.insert(0, f"data.root={root}")
+    return run_module("seqmnist.evaluate", *args, cwd=PROJECT_ROOT, env=ONE_THREAD)
+
+
+def read_csv(path: Path) -> list[list[str]]:
+    with path.open(newline="") as f:
+        return list(csv.reader(f))
+
+
+def check_reports(out: Path, n: int, classes: list[str]) -> dict:
+    """Every file is there and the numbers agree with each other; returns eval.json."""
+    for name in FILES.values():
+        assert (out / name).exists(), name
+    result = json.loads((out / "eval.json").read_text())
+    m = result["metrics"]
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (len(classes), len(classes))
+    assert cm.sum() == n == result["data"]["test_size"]
+    assert m["correct"] == np.trace(cm)
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / n, abs=1e-6)
+    for i, row in enumerate(m["per_class"]):
+        assert row["class"] == classes[i]
+        assert row["support"] == cm[i].sum()
+        recall = cm[i, i] / cm[i].sum() if cm[i].sum() else 0.0
+        precision = cm[i, i] / cm[:, i].sum() if cm[:, i].sum() else 0.0
+        assert row["recall"] == pytest.approx(recall, abs=1e-6)
+        assert row["precision"] == pytest.approx(precision, abs=1e-6)
+        tn = n - cm[i].sum() - cm[:, i].sum() + cm[i, i]
+        assert row["accuracy"] == pytest.approx((cm[i, i] + tn) / n, abs=1e-6)
+    # The CSV holds the same matrix, rows labelled with the class names.
+    rows = read_csv(out / "confusion_matrix.csv")
+    assert rows[0] == ["true\\predicted", *classes]
+    assert [r[0] for r in rows[1:]] == classes
+    assert np.array_equal(np.array([[int(v) for v in r[1:]] for r in rows[1:]]), cm)
+    norm = np.array(
+        [[float(v) for v in r[1:]] for r in read_csv(out / FILES["confusion_normalized_csv"])[1:]]
+    )
+    filled = cm.sum(1) > 0
+    assert np.allclose(norm[filled].sum(1), 1.0, atol=1e-4)
+    # The anytime curve: one accuracy per step, in [0, 1], in JSON and CSV alike.
+    any_ = result["anytime"]
+    t = result["data"]["seq_len"]
+    assert any_["steps"] == t and len(any_["accuracy"]) == t
+    curve = read_csv(out / "anytime.csv")
+    assert curve[0] == ["k", "pixels_read", "accuracy"] and len(curve) == t + 1
+    assert [int(r[0]) for r in curve[1:]] == list(range(1, t + 1))
+    assert int(curve[-1][1]) == 784
+    assert np.allclose([float(r[2]) for r in curve[1:]], any_["accuracy"], atol=1e-6)
+    assert all(0.0 <= a <= 1.0 for a in any_["accuracy"])
+    # Confident errors: wrong, sorted by confidence, at most the number of errors.
+    errors = result["confident_errors"]
+    assert len(errors) == min(25, n - m["correct"])
+    assert all(e["true"] != e["predicted"] for e in errors)
+    probs = [e["probability"] for e in errors]
+    assert probs == sorted(probs, reverse=True)
+    assert len(read_csv(out / "confident_errors.csv")) == len(errors) + 1
+    for png in ("confusion_matrix.png", "confusion_matrix_normalized.png", "anytime.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 200, png
+    md = (out / "eval.md").read_text()
+    assert "| class | support | precision | recall | F1 | accuracy |" in md
+    for c in classes:
+        assert f"| {c} | " in md
+    assert f"{100 * m['accuracy']:.2f}%" in md
+    return result
+
+
+def test_evaluate_a_checkpoint(trained_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    ckpt = best_ckpt(trained_run)
+    proc = evaluate(f"ckpt_path={ckpt}", out=out, root=synthetic_root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = check_reports(out, TEST_SIZE, [str(d) for d in range(10)])
+    m = result["metrics"]
+    assert result["checkpoint"] == str(ckpt.resolve())
+    # Unidirectional: answering after all T rows is the model's answer.
+    assert result["anytime"]["early_answer"] is True
+    assert result["anytime"]["accuracy"][-1] == pytest.approx(m["accuracy"], abs=1e-9)
+    assert list(result["anytime"]["quarters"]) == ["7", "14", "21", "28"]
+    # Lightning's own test loop on the same checkpoint (metrics.json) agrees.
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert m["accuracy"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    assert m["loss"] == pytest.approx(trained["test/loss"], rel=1e-4)
+    out_text = proc.stdout + proc.stderr
+    assert "test acc" in out_text and "k=28" in out_text and str(out) in out_text
+    assert BIDIRECTIONAL_NOTE not in out_text
+    # The confident-errors picture holds one panel per error.
+    with Image.open(out / "confident_errors.png") as im:
+        assert im.width > 300
+    # TensorBoard events under the run's own directory.
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for tag in ("eval/acc", "eval/loss", "eval/anytime_acc", "eval_class_recall/3"):
+        assert tag in tags["scalars"], (tag, tags["scalars"])
+    assert len(acc.Scalars("eval/anytime_acc")) == 28
+    assert {"eval/confusion_matrix", "eval/anytime", "eval/confident_errors"} <= set(tags["images"])
+
+
+def test_evaluate_a_run_dir_uses_its_best_checkpoint(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    log_dir = tmp_path / "logs"
+    proc = run_module(
+        "seqmnist.evaluate",
+        f"ckpt_path={trained_run}",
+        f"data.root={synthetic_root}",
+        f"paths.log_dir={log_dir}",
+        "num_errors=4",
+        cwd=PROJECT_ROOT,
+        env=ONE_THREAD,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Its own timestamped directory: outputs/evaluate/runs/<date>_<time>_<microseconds>.
+    runs = list((log_dir / "evaluate" / "runs").iterdir())
+    assert len(runs) == 1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}", runs[0].name)
+    result = json.loads((runs[0] / "eval.json").read_text())
+    assert result["checkpoint"] == str(best_ckpt(trained_run).resolve())
+    assert len(result["confident_errors"]) == min(4, TEST_SIZE - result["metrics"]["correct"])
+    assert (runs[0] / "evaluate.log").is_file()
+
+
+@pytest.mark.parametrize(
+    ("cell", "layers", "bidirectional", "dataset", "sequence", "extra"),
+    [
+        ("gru", 2, True, "fashion_mnist", "column", {}),
+        ("lstm", 1, False, "mnist", "permuted", {"permutation_seed": 3}),
+        ("rnn", 2, False, "fashion_mnist", "patch", {"step_pixels": 56}),
+    ],
+)
+def test_every_layout_evaluates(
+    synthetic_root: Path,
+    tmp_path: Path,
+    cell: str,
+    layers: int,
+    bidirectional: bool,
+    dataset: str,
+    sequence: str,
+    extra: dict,
+) -> None:
+    ckpt = make_checkpoint(
+        tmp_path / "run" / "checkpoints" / "m.ckpt",
+        synthetic_root,
+        cell=cell,
+        layers=layers,
+        bidirectional=bidirectional,
+        dataset=dataset,
+        sequence=sequence,
+        **extra,
+    )
+    out = tmp_path / "eval"
+    result = evaluate_checkpoint(ckpt, out, data_root=synthetic_root, batch_size=64, device="cpu")
+    classes = result["data"]["class_names"]
+    if dataset == "fashion_mnist":
+        assert classes[0] == "T-shirt/top" and "Ankle boot" in (out / "eval.md").read_text()
+    check_reports(out, TEST_SIZE, classes)
+    t = {"column": 28, "permuted": 784, "patch": 14}[sequence]
+    assert result["data"]["seq_len"] == t
+    md = (out / "eval.md").read_text()
+    if bidirectional:
+        # Still computed, but flagged: the backward half has read the rest of the image.
+        assert result["anytime"]["early_answer"] is False
+        assert result["anytime"]["note"] == BIDIRECTIONAL_NOTE and BIDIRECTIONAL_NOTE in md
+    else:
+        assert result["anytime"]["early_answer"] is True and BIDIRECTIONAL_NOTE not in md
+        assert result["anytime"]["accuracy"][-1] == pytest.approx(
+            result["metrics"]["accuracy"], abs=1e-9
+        )
+
+
+def test_no_checkpoint_given(tmp_path: Path) -> None:
+    proc = evaluate(out=tmp_path / "e")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "ckpt_path=PATH" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("kind", ["missing", "text"])
+def test_bad_checkpoint_fails_cleanly(tmp_path: Path, synthetic_root: Path, kind: str) -> None:
+    path = tmp_path / "model.ckpt"
+    if kind == "text":
+        path.write_text("not a model")
+    proc = evaluate(f"ckpt_path={path}", out=tmp_path / "e", root=synthetic_root)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert str(path) in out and "Fix:" in out and "Traceback" not in out
+    assert not (tmp_path / "e" / "eval.json").exists()
+
+
+def test_missing_data_names_data_root(trained_run: Path, tmp_path: Path) -> None:
+    proc = evaluate(
+        f"ckpt_path={trained_run}",
+        "data.download=false",
+        out=tmp_path / "e",
+        root=tmp_path / "nodata",
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert str(tmp_path / "nodata" / "MNIST" / "raw") in out and "data.root" in out
+    assert "Traceback" not in out
