@@ -13,7 +13,7 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-fast lint format tensorboard sweep report bench clean
+.PHONY: help install train test test-fast lint format tensorboard sweep report evaluate predict bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,14 @@ sweep: install  ## a small grid (cells x depths, 2 short epochs each), then its 
 report: install  ## summarise a sweep: make report DIR=outputs/train/multiruns/<time>
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep dir>"; exit 2; }
 	$(PY) -m seqmnist.report "$(DIR)"
+
+evaluate: install  ## test-set report of a checkpoint: make evaluate CKPT=<.ckpt or run dir>
+	@test -n "$(CKPT)" || { echo "usage: make evaluate CKPT=<.ckpt file or run dir> [ARGS=\"data.root=DIR device=cpu\"]"; exit 2; }
+	$(PY) -m seqmnist.evaluate ckpt_path="$(CKPT)" $(ARGS)
+
+predict: install  ## classify pictures: make predict CKPT=<.ckpt or run dir> IMAGES="a.png dir/"
+	@test -n "$(CKPT)" && test -n "$(IMAGES)" || { echo "usage: make predict CKPT=<.ckpt or run dir> IMAGES=\"a.png dir/\" [ARGS=\"--json --save-preprocessed DIR\"]"; exit 2; }
+	$(PY) -m seqmnist.predict --ckpt "$(CKPT)" $(ARGS) $(IMAGES)
 
 bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (outputs/bench/)
 	$(PY) -m seqmnist.bench $(ARGS)

@@ -153,6 +153,19 @@ def test_missing_data_is_one_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in out
 
 
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes(synthetic_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    proc = train("trainer=ddp", "trainer.devices=2", root=synthetic_root, run_dir=run_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["test/acc"] is not None
+    # Rank 0 alone writes: one best checkpoint plus last.ckpt, one summary line.
+    assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2
+    assert (proc.stdout + proc.stderr).count("test_acc") == 1
+
+
 def test_help_and_cfg_job() -> None:
     proc = run_module("seqmnist.train", "--help", cwd=PROJECT_ROOT)
     assert proc.returncode == 0 and "cell: gru, lstm, rnn" in proc.stdout

@@ -84,7 +84,7 @@ class DataSettings:
     def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, 28, 28)`` images -> ``(N, T, F)`` model inputs, exactly as in training."""
         # The data module's own conversion, so scaling and layout can never drift apart.
-        return self.datamodule(download=False)._to_inputs(images)
+        return self.datamodule(download=False).to_inputs(images)
 
 
 @dataclass

@@ -279,14 +279,15 @@ class SeqMNISTDataModule(L.LightningDataModule):
             order = torch.randperm(
                 len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed)
             )
-            inputs = self._to_inputs(images)
+            inputs = self.to_inputs(images)
             self.val_set = SequenceDataset(inputs[order[:n_val]], labels[order[:n_val]])
             self.train_set = SequenceDataset(inputs[order[n_val:]], labels[order[n_val:]])
         if stage in (None, "test", "predict") and self.test_set is None:
             images, labels = load_split(self.root, self.dataset, "test")
-            self.test_set = SequenceDataset(self._to_inputs(images), labels)
+            self.test_set = SequenceDataset(self.to_inputs(images), labels)
 
-    def _to_inputs(self, images: torch.Tensor) -> torch.Tensor:
+    def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 28, 28) -> float sequences in [0, 1], laid out as this module reads."""
         scaled = images.to(torch.float32).div_(255.0)
         return sequence_view(scaled, self.sequence, self.step_pixels, self.permutation)
 
