@@ -46,9 +46,9 @@ format: install  ## apply ruff's fixes and formatting
 tensorboard: install  ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
-sweep: install  ## a small grid (cells x depths, 2 short epochs each), then its report
-	$(PY) -m seqmnist.train -m cell=rnn,lstm,gru layers=1,2 trainer.max_epochs=2 \
-		trainer.limit_train_batches=100 trainer.enable_progress_bar=false \
+sweep: install  ## cells x depths x 2 seeds, 2 short epochs each (~4 min), then the report
+	$(PY) -m seqmnist.train -m cell=rnn,lstm,gru layers=1,2 seed=0,1 trainer.max_epochs=2 \
+		trainer.limit_train_batches=150 trainer.enable_progress_bar=false \
 		callbacks.model_summary=null $(ARGS)
 	$(PY) -m seqmnist.report "$$(ls -d outputs/train/multiruns/*/ | tail -n 1)"
 

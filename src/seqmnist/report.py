@@ -124,17 +124,17 @@ def group_over_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, (int, float)) and key == "params":
+        return f"{int(value):,}"
     if isinstance(value, float):
         if "acc" in key:
             return f"{100 * value:.2f}"
         return f"{value:.1f}" if "seconds" in key else f"{value:g}"
-    if isinstance(value, int) and key == "params":
-        return f"{value:,}"
     return str(value).replace("|", "/").replace("\n", " ")[:200]
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    header = [c.replace("/", " ") + (" %" if "acc" in c else "") for c in columns]
+    header = [c.replace("/", " ") + (" %" if "/acc" in c else "") for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(c, r.get(c)) for c in columns) + " |")
@@ -154,11 +154,12 @@ def plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> bool:
     if not done:
         return False
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = ["params", *[k for k in keys if k not in ("params", "cell")]]
+    panels = ["params", *[k for k in keys if k not in ("params", "cell", "seed")]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     markers = {"rnn": "o", "lstm": "s", "gru": "^"}
     for ax, key in zip(axes[0], panels, strict=True):
@@ -173,6 +174,7 @@ def plot(rows: list[dict[str, Any]], keys: list[str], path: Path) -> bool:
             ax.scatter(xs, ys, marker=markers.get(cell, "x"), label=cell, alpha=0.8)
         if key == "params":
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
             ax.set_xticks(range(len(values)), values)
         ax.set_xlabel(key)
@@ -193,6 +195,12 @@ def _natural(s: str) -> tuple:
         return (1, 0.0, s)
 
 
+def _pm(mean: float | None, std: float | None, scale: float = 100.0) -> str | None:
+    if mean is None:
+        return None
+    return f"{scale * mean:.2f} +- {scale * (std or 0.0):.2f}"
+
+
 def build_report(sweep: Path) -> dict[str, Any]:
     """Write the report files into ``sweep``; return rows, groups and counts."""
     jobs = find_jobs(sweep)
@@ -202,13 +210,26 @@ def build_report(sweep: Path) -> dict[str, Any]:
     keys = swept_keys(rows)
     groups = group_over_seeds(rows) if "seed" in keys else []
     write_csv(sweep / "results.csv", rows, COLUMNS)
-    shown = [c for c in COLUMNS if c != "error"] + ["error"]
-    md = [f"# Sweep results: {sweep}", "", f"{len(rows)} jobs; swept: {', '.join(keys) or '-'}", ""]
-    md += [markdown_table(rows, shown)]
+
+    # The Markdown shows what varies; what is the same for every job goes in one line.
+    fixed = [k for k in SETTING_KEYS if k not in keys and rows[0].get(k) is not None]
+    shown = ["job", *keys, "params", "val/acc_best", "test/acc", "epochs", "train_seconds",
+             "status", "error"]  # fmt: skip
+    md = [f"# Sweep results: {sweep}", "",
+          f"{len(rows)} jobs; swept: {', '.join(keys) or '-'}; fixed: "
+          + ", ".join(f"{k}={_fmt(k, rows[0].get(k))}" for k in fixed), "",
+          markdown_table(rows, shown)]  # fmt: skip
     if groups:
         gcols = [*SETTING_KEYS, "seeds"] + [f"{m} {s}" for m in METRICS for s in ("mean", "std")]
         write_csv(sweep / "results_grouped.csv", groups, gcols)
-        md += ["", "## Mean +- std over seeds", "", markdown_table(groups, gcols)]
+        for g in groups:
+            g["val acc_best %"] = _pm(g.get("val/acc_best mean"), g.get("val/acc_best std"))
+            g["test acc %"] = _pm(g.get("test/acc mean"), g.get("test/acc std"))
+            g["params"] = g.get("params mean")
+            g["seconds"] = _pm(g.get("train_seconds mean"), g.get("train_seconds std"), 1.0)
+        gshown = [k for k in keys if k != "seed"] + ["seeds", "params", "val acc_best %",
+                                                      "test acc %", "seconds"]  # fmt: skip
+        md += ["", "## Mean +- std over seeds", "", markdown_table(groups, gshown)]
     (sweep / "results.md").write_text("\n".join(md) + "\n")
     has_plot = plot(rows, keys, sweep / "results.png")
     counts: dict[str, int] = {}
