@@ -89,3 +89,9 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+def run_sweep(*args: str, root: Path, sweep_dir: Path) -> subprocess.CompletedProcess:
+    """``python -m seqmnist.train -m`` over tiny data into ``sweep_dir`` (``-m`` goes first)."""
+    return run_module("seqmnist.train", "-m", f"data.root={root}", f"hydra.sweep.dir={sweep_dir}",
+                      *FAST, *args, cwd=PROJECT_ROOT)  # fmt: skip

@@ -9,15 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import FAST, PROJECT_ROOT, run_module
-
-
-def sweep(*args: str, root: Path, sweep_dir: Path):
-    """A multirun over tiny data (``-m`` must come before the overrides)."""
-    flags = [a for a in args if a == "-m"]
-    overrides = [a for a in args if a != "-m"]
-    return run_module("seqmnist.train", *flags, f"data.root={root}", f"hydra.sweep.dir={sweep_dir}",
-                      *FAST, *overrides, cwd=PROJECT_ROOT)  # fmt: skip
+from .conftest import FAST, PROJECT_ROOT, run_module, run_sweep
 
 
 def completed_jobs(sweep_dir: Path) -> list[dict]:
@@ -30,8 +22,10 @@ def test_optuna_search_runs_trials_and_records_the_best(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "optuna"
-    proc = sweep("hparams_search=optuna", "hydra.sweeper.n_trials=3", root=synthetic_root,
-                 sweep_dir=out)  # fmt: skip
+    # As documented: no -m needed, the search config switches Hydra to multirun itself.
+    proc = run_module("seqmnist.train", f"data.root={synthetic_root}", f"hydra.sweep.dir={out}",
+                      *FAST, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                      cwd=PROJECT_ROOT)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = completed_jobs(out)
     assert len(jobs) == 3
@@ -44,8 +38,8 @@ def test_optuna_search_runs_trials_and_records_the_best(
 @pytest.mark.slow
 def test_joblib_runs_two_jobs_with_split_threads(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "joblib"
-    proc = sweep("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cell=lstm,gru",
-                 root=synthetic_root, sweep_dir=out)  # fmt: skip
+    proc = run_sweep("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cell=lstm,gru",
+                     root=synthetic_root, sweep_dir=out)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(j["cell"] for j in completed_jobs(out)) == ["gru", "lstm"]
     rows = list(csv.DictReader((out / "results.csv").open()))
@@ -55,8 +49,8 @@ def test_joblib_runs_two_jobs_with_split_threads(synthetic_root: Path, tmp_path:
 @pytest.mark.slow
 def test_submitit_local_runs_one_job(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "submitit"
-    proc = sweep("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-                 "cell=gru", root=synthetic_root, sweep_dir=out)  # fmt: skip
+    proc = run_sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                     "cell=gru", root=synthetic_root, sweep_dir=out)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (job,) = completed_jobs(out)
     assert job["cell"] == "gru"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import FAST, PROJECT_ROOT, run_module
+from .conftest import FAST, PROJECT_ROOT, run_module, run_sweep
 
 
 def train(*overrides: str, root: Path, run_dir: Path, env: dict | None = None):
@@ -78,15 +78,7 @@ def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
 
 def test_multirun_makes_one_dir_per_job(synthetic_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_module(
-        "seqmnist.train",
-        "-m",
-        f"data.root={synthetic_root}",
-        f"hydra.sweep.dir={sweep}",
-        *FAST,
-        "cell=lstm,gru",
-        cwd=PROJECT_ROOT,
-    )
+    proc = run_sweep("cell=lstm,gru", root=synthetic_root, sweep_dir=sweep)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (sweep / "results.md").is_file() and (sweep / "results.csv").is_file()
     jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
@@ -100,15 +92,7 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(
 ) -> None:
     sweep = tmp_path / "sweep"
     # Job 1 asks for more validation images than the file has: it fails inside fit().
-    proc = run_module(
-        "seqmnist.train",
-        "-m",
-        f"data.root={synthetic_root}",
-        f"hydra.sweep.dir={sweep}",
-        *FAST,
-        "data.val_size=100,100000",
-        cwd=PROJECT_ROOT,
-    )
+    proc = run_sweep("data.val_size=100,100000", root=synthetic_root, sweep_dir=sweep)
     out = proc.stdout + proc.stderr
     ok = json.loads((sweep / "0" / "metrics.json").read_text())
     failed = json.loads((sweep / "1" / "metrics.json").read_text())
