@@ -123,3 +123,27 @@ def test_schedulers_fill_their_horizon(
         assert sched.total_steps == 20
     else:
         assert trainer.lr_scheduler_configs[0].monitor == "val/acc"
+
+
+def test_non_finite_loss_stops_with_step_and_last_loss(
+    synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from seqmnist.errors import NonFiniteLossError, SeqMNISTError
+
+    dm = SeqMNISTDataModule(root=str(synthetic_root), batch_size=50, val_size=100, download=False)
+    model = SeqClassifier(net={"cell": "gru", "hidden_size": 8}, optimizer=ADAM)
+    real_forward = model.net.forward
+    calls = {"n": 0}
+
+    def diverging(x):
+        calls["n"] += 1
+        out = real_forward(x)
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setattr(model.net, "forward", diverging)
+    trainer = make_trainer(tmp_path, max_epochs=1, log_every_n_steps=1, num_sanity_val_steps=0)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(model, datamodule=dm)
+    assert isinstance(err.value, SeqMNISTError)  # entry points print it and mark the run failed
+    msg = str(err.value)
+    assert "nan at step 3" in msg and "last finite loss: 2." in msg and "gradient_clip_val" in msg

@@ -19,3 +19,7 @@ class ConfigError(SeqMNISTError):
 
 class DataError(SeqMNISTError):
     """Dataset files are missing, unreadable or inconsistent."""
+
+
+class NonFiniteLossError(SeqMNISTError):
+    """Training diverged: the loss became NaN or infinite."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from seqmnist.errors import NonFiniteLossError
 from seqmnist.nets import RecurrentClassifier
 
 
@@ -84,9 +86,26 @@ class SeqClassifier(L.LightningModule):
         self.train_loss.update(loss.detach(), weight=y.numel())
         self.train_acc.update(logits.detach(), y)
         if self._is_logging_step():
+            # Checked where the value is read anyway, so no extra device sync per step; the
+            # run stops before the epoch ends, leaving the last good checkpoint untouched.
+            self._check_finite(loss)
             batch_acc = (logits.detach().argmax(dim=-1) == y).float().mean()
             self.log_dict({"train/loss": loss.detach(), "train/acc": batch_acc}, prog_bar=True)
         return loss
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self._last_finite_loss = value
+            return
+        last = getattr(self, "_last_finite_loss", None)
+        raise NonFiniteLossError(
+            f"the training loss became {value} at step {self.global_step} "
+            f"(epoch {self.current_epoch}); last finite loss: "
+            f"{'none seen' if last is None else f'{last:.4g}'}. The last good checkpoint is "
+            "kept. Fix: lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use "
+            "cell=lstm/gru instead of rnn."
+        )
 
     def _is_logging_step(self) -> bool:
         # The Trainer's own rule for "this step goes to the loggers" (log_every_n_steps).
@@ -94,8 +113,10 @@ class SeqClassifier(L.LightningModule):
         return trainer is None or trainer._logger_connector.should_update_logs
 
     def on_train_epoch_end(self) -> None:
+        epoch_loss = self.train_loss.compute()
+        self._check_finite(epoch_loss)
         # compute() already reduces across DDP ranks; sync_dist just tells Lightning so.
-        self.log("train/loss_epoch", self.train_loss.compute(), sync_dist=True)
+        self.log("train/loss_epoch", epoch_loss, sync_dist=True)
         self.log("train/acc_epoch", self.train_acc.compute(), prog_bar=True, sync_dist=True)
         self.train_loss.reset()
         self.train_acc.reset()
