@@ -125,14 +125,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(hparams)
 
     out = output_dir(cfg)
+    metrics: dict[str, Any] = {"status": "running", **hparams}
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         # .hydra/config.yaml keeps interpolations; this is what the run actually used.
         OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
         # Replaced at the end; a report of a sweep in progress shows this job as running.
-        (out / "metrics.json").write_text(json.dumps({"status": "running", **hparams}) + "\n")
+        (out / "metrics.json").write_text(json.dumps(metrics) + "\n")
 
-    metrics: dict[str, Any] = {"status": "running", **hparams}
     started = time.perf_counter()
     if cfg.get("train", True):
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -145,8 +145,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
     metrics["best_ckpt"] = best_path or None
     if cfg.get("test", True):
+        # Our checkpoints hold only tensors and plain values: no unpickling of objects.
         results = trainer.test(
-            model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False
+            model,
+            datamodule=datamodule,
+            ckpt_path=best_path or None,
+            verbose=False,
+            weights_only=True,
         )
         metrics.update({k: float(v) for k, v in results[0].items() if k.startswith("test/")})
     metrics["status"] = "completed"
