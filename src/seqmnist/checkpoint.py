@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from seqmnist.data import DATASETS, PIXELS, SEQUENCE_MODES, SeqMNISTDataModule
+from seqmnist.data import DATASETS, PIXELS, SEQUENCE_MODES, SeqMNISTDataModule, step_size
 from seqmnist.errors import SeqMNISTError
 from seqmnist.module import SeqClassifier
 
@@ -63,7 +63,7 @@ class DataSettings:
 
     @property
     def input_size(self) -> int:
-        return {"row": 28, "column": 28, "patch": self.step_pixels}.get(self.sequence, 1)
+        return step_size(self.sequence, self.step_pixels)
 
     @property
     def seq_len(self) -> int:

@@ -34,6 +34,11 @@ SPLIT_FILES = {
 _IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
 
+def step_size(sequence: str, step_pixels: int = IMAGE_SIDE) -> int:
+    """Pixels read per time step in a sequence mode (the network's ``input_size``)."""
+    return {"row": IMAGE_SIDE, "column": IMAGE_SIDE, "patch": step_pixels}.get(sequence, 1)
+
+
 def default_data_root() -> str:
     """``$SEQMNIST_DATA_ROOT`` if set, else ``data/`` under the current directory."""
     return os.environ.get("SEQMNIST_DATA_ROOT") or "data"
