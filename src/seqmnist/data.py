@@ -247,9 +247,7 @@ class SeqMNISTDataModule(L.LightningDataModule):
     @property
     def input_size(self) -> int:
         """Features per time step."""
-        return {"row": IMAGE_SIDE, "column": IMAGE_SIDE, "patch": self.step_pixels}.get(
-            self.sequence, 1
-        )
+        return step_size(self.sequence, self.step_pixels)
 
     @property
     def seq_len(self) -> int:
