@@ -102,8 +102,10 @@ def test_builds_model_callbacks_loggers(synthetic_root: Path) -> None:
     names = sorted(type(c).__name__ for c in instantiate_group(cfg.callbacks))
     assert names == [
         "EarlyStopping",
+        "FaultTolerance",
         "LearningRateMonitor",
-        "ModelCheckpoint",
+        "ModelCheckpoint",  # best + last.ckpt at epoch ends
+        "ModelCheckpoint",  # last.ckpt every N steps
         "RichModelSummary",
         "RichProgressBar",
     ]

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from seqmnist import data as data_mod
 from seqmnist.data import SeqMNISTDataModule, sequence_view
 from seqmnist.errors import ConfigError, DataError
 
-from .conftest import write_dataset
+from .conftest import PROJECT_ROOT, write_dataset
 
 
 def make_dm(root: Path, **kw) -> SeqMNISTDataModule:
@@ -46,15 +47,22 @@ def test_split_is_seeded_and_disjoint(synthetic_root: Path) -> None:
     assert not any(bytes(v.numpy().tobytes()) in train for v in a.val_set.inputs)
 
 
-def test_training_order_follows_the_global_seed(synthetic_root: Path) -> None:
-    dm = make_dm(synthetic_root)
+def test_training_order_follows_shuffle_seed_and_epoch(synthetic_root: Path) -> None:
+    def first_labels(shuffle_seed: int, epoch: int = 0) -> torch.Tensor:
+        dm = make_dm(synthetic_root, shuffle_seed=shuffle_seed)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return next(iter(loader))[1]
+
     torch.manual_seed(0)
-    first = next(iter(dm.train_dataloader()))[1]
-    torch.manual_seed(0)
-    again = next(iter(dm.train_dataloader()))[1]
-    torch.manual_seed(1)
-    other = next(iter(dm.train_dataloader()))[1]
-    assert torch.equal(first, again) and not torch.equal(first, other)
+    first = first_labels(0)
+    torch.manual_seed(1)  # the global RNG does not decide the order (resumed runs match)
+    assert torch.equal(first_labels(0), first)
+    assert not torch.equal(first_labels(1), first)
+    assert not torch.equal(first_labels(0, epoch=1), first)
+    # data.shuffle_seed follows the run's seed by default.
+    data_cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "data" / "mnist.yaml")
+    assert OmegaConf.to_container(data_cfg)["shuffle_seed"] == "${seed}"
 
 
 def test_sequence_modes_pixel_order() -> None:

@@ -13,10 +13,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tv_datasets
 
 from seqmnist.errors import ConfigError, DataError
+from seqmnist.faults import ResumableSampler
 
 IMAGE_SIDE = 28
 PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -200,6 +201,7 @@ class SeqMNISTDataModule(L.LightningDataModule):
         permutation_seed: int = 0,
         download: bool = True,
         num_workers: int = 0,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -238,6 +240,8 @@ class SeqMNISTDataModule(L.LightningDataModule):
         self.train_set: SequenceDataset | None = None
         self.val_set: SequenceDataset | None = None
         self.test_set: SequenceDataset | None = None
+        # Where a restored checkpoint left off in the training order: (epoch, samples done).
+        self._resume_at: tuple[int, int] | None = None
 
     # -- shape facts the network is built from ---------------------------------------
     @property
@@ -294,33 +298,60 @@ class SeqMNISTDataModule(L.LightningDataModule):
         scaled = images.to(torch.float32).div_(255.0)
         return sequence_view(scaled, self.sequence, self.step_pixels, self.permutation)
 
-    def _loader(self, ds: SequenceDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, ds: SequenceDataset | None, batch_size: int, sampler: Sampler | None = None
+    ) -> DataLoader:
         if ds is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         return DataLoader(
             ds,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=keep_batch,
             num_workers=self.hparams.num_workers,
+            # A private generator: making an iterator then draws nothing from the global RNG,
+            # so validation passes cannot shift dropout masks (and resumed runs match).
+            generator=torch.Generator().manual_seed(self.hparams.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        if self.train_set is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        sampler = ResumableSampler(len(self.train_set), seed=self.hparams.shuffle_seed)
+        if self._resume_at is not None:
+            sampler.resume_at(*self._resume_at)
+            self._resume_at = None
+        return self._loader(self.train_set, self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_set, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader(self.test_set, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
 
-    # The permutation is part of the model's input contract: keep it in checkpoints.
+    # Saved in every checkpoint: the permutation is part of the model's input contract, and
+    # the position in the shuffled order lets a mid-epoch checkpoint resume exactly.
     def state_dict(self) -> dict[str, Any]:
-        return {"permutation": self.permutation}
+        state: dict[str, Any] = {"permutation": self.permutation}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            if done >= trainer.num_training_batches:  # epoch finished: next one from the start
+                state["train_position"] = (trainer.current_epoch + 1, 0)
+            else:
+                state["train_position"] = (trainer.current_epoch, done * self.batch_size)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("permutation") is not None:
             self.permutation = state_dict["permutation"]
+        position = state_dict.get("train_position")
+        trainer = self.trainer
+        if position is not None and trainer is not None and trainer.world_size > 1:
+            # Lightning wraps the sampler to split it across ranks; an offset would skip the
+            # wrong samples, so a multi-process resume restarts the interrupted epoch.
+            position = (position[0], 0)
+        self._resume_at = tuple(position) if position is not None else None

@@ -63,8 +63,10 @@ class SeqClassifier(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
-        # Kept in checkpoints so a resumed run still knows its best validation accuracy.
-        self.val_acc_best.persistent(True)
+        # Kept in checkpoints so a resumed run still knows its best validation accuracy, and
+        # a run resumed mid-epoch reports the same epoch averages as one never stopped.
+        for metric in (self.val_acc_best, self.train_acc, self.train_loss):
+            metric.persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import sys
 import time
 import warnings
@@ -23,16 +24,21 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from seqmnist.checkpoint import read_checkpoint
 from seqmnist.config import validate
 from seqmnist.errors import SeqMNISTError
+from seqmnist.faults import resume_config, sigint_as_sigterm
 from seqmnist.nets import count_parameters
 
 log = logging.getLogger("seqmnist.train")
 
 # Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; not ours to fix.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Our data module restores the position in the epoch itself (see seqmnist.faults).
+warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -125,7 +131,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(hparams)
 
     out = output_dir(cfg)
-    metrics: dict[str, Any] = {"status": "running", **hparams}
+    metrics: dict[str, Any] = {"status": "running", **hparams, "machine": machine()}
+    if cfg.get("resume"):
+        metrics["resumed_from"] = cfg.ckpt_path
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         # .hydra/config.yaml keeps interpolations; this is what the run actually used.
@@ -135,7 +143,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # Our checkpoints hold only tensors and plain values: no unpickling of objects.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["epochs"] = trainer.current_epoch
     best = trainer.callback_metrics.get("val/acc_best")
@@ -162,6 +171,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def machine() -> str:
+    """Where the run's timings come from, for results tables."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch threads, {device}, torch {torch.__version__}"
+    )
+
+
 def summary_line(m: dict[str, Any]) -> str:
     def pct(key: str) -> str:
         return f"{100 * m[key]:.2f}%" if m.get(key) is not None else "n/a"
@@ -174,15 +192,32 @@ def summary_line(m: dict[str, Any]) -> str:
     )
 
 
-def record_failure(cfg: DictConfig, error: BaseException) -> None:
+def record_failure(cfg: DictConfig, error: BaseException | str, status: str = "failed") -> None:
     """Mark the run failed in its own ``metrics.json`` so sweeps and reports can see why."""
     try:
         out = output_dir(cfg)
         out.mkdir(parents=True, exist_ok=True)
-        record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        record = {"status": status, "error": reason}
         (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     except Exception:  # never hide the original error behind a bookkeeping one
         log.exception("could not write metrics.json for the failed run")
+
+
+def interrupted(cfg: DictConfig, stop: sigint_as_sigterm) -> int:
+    """A signal stopped the run: say where its checkpoint is and how to continue."""
+    name = "Ctrl+C" if stop.exit_code == 130 else "SIGTERM"
+    out = output_dir(cfg)
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        hint = f"checkpoint {last}; continue with: python -m seqmnist.train resume={out}"
+    else:
+        hint = "it stopped before its first checkpoint, so there is nothing to resume"
+    message = f"stopped by {name}; {hint}"
+    if (out / "metrics.json").exists():
+        record_failure(cfg, message, status="interrupted")
+    log.error(message)
+    return stop.exit_code
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
@@ -191,25 +226,33 @@ def main(cfg: DictConfig) -> float | None:
 
     In a single run a user error (bad value, missing data) prints one message and exits
     with status 2. In a multirun a failing job is recorded as failed in its own directory
-    and returns NaN, so the other jobs of the sweep still run.
+    and returns NaN, so the other jobs of the sweep still run. SIGTERM or Ctrl+C stops
+    after the current batch with a checkpoint and exits 143 / 130 (a sweep stops too).
     """
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        metrics = train(cfg)
-    except Exception as e:
-        # A job that got as far as starting (metrics.json exists) is marked failed; a
-        # config rejected up front leaves nothing behind in a single run.
-        if multirun or (output_dir(cfg) / "metrics.json").exists():
-            record_failure(cfg, e)
-        if isinstance(e, SeqMNISTError):
-            log.error(str(e))
-            if not multirun:
-                sys.exit(e.EXIT_CODE)
-        elif not multirun:
-            raise
-        else:
-            log.exception("job failed; the sweep goes on")
-        return float("nan")
+    with sigint_as_sigterm() as stop:
+        try:
+            if cfg.get("resume"):
+                resumed = resume_config(cfg, list(HydraConfig.get().overrides.task))
+                read_checkpoint(Path(resumed.ckpt_path))  # a corrupt file: one clear message
+                cfg = resumed  # from here on, failures are recorded in the resumed run's dir
+            metrics = train(cfg)
+        except SIGTERMException:
+            sys.exit(interrupted(cfg, stop))
+        except Exception as e:
+            # A job that got as far as starting (metrics.json exists) is marked failed; a
+            # config rejected up front leaves nothing behind in a single run.
+            if multirun or (output_dir(cfg) / "metrics.json").exists():
+                record_failure(cfg, e)
+            if isinstance(e, SeqMNISTError):
+                log.error(str(e))
+                if not multirun:
+                    sys.exit(e.EXIT_CODE)
+            elif not multirun:
+                raise
+            else:
+                log.exception("job failed; the sweep goes on")
+            return float("nan")
     return metrics.get("val/acc_best")
 
 
