@@ -13,10 +13,11 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-fast lint format tensorboard sweep report evaluate predict bench clean
+.PHONY: help install train test test-fast lint format tensorboard sweep report results results-table \
+	evaluate predict bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +56,27 @@ sweep: install  ## cells x depths x 2 seeds, 2 short epochs each (~4 min), then 
 report: install  ## summarise a sweep: make report DIR=outputs/train/multiruns/<time>
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep dir>"; exit 2; }
 	$(PY) -m seqmnist.report "$(DIR)"
+
+# The experiments behind the README's results table: the CPU ones (the pixel-by-pixel
+# smnist_lstm/psmnist_lstm need a GPU), each over seeds 0,1,2, as one multirun.
+RESULTS_EXPERIMENTS ?= tutorial_lstm,tutorial_rnn,tutorial_gru3,best_row,fashion_row
+RESULTS_SEEDS ?= 0,1,2
+
+# The sweep dir is named here (not found afterwards as the newest one) so another sweep running
+# at the same time cannot be mistaken for it. The table is built even when a job failed; the
+# target then exits 1.
+results: install  ## CPU experiments x seeds 0,1,2 (~70 min on 2 cores), then the README table
+	@dir="outputs/train/multiruns/$$(date +%Y-%m-%d_%H-%M-%S_%6N)"; status=0; \
+	echo "results: sweep dir $$dir"; \
+	$(PY) -m seqmnist.train -m experiment=$(RESULTS_EXPERIMENTS) seed=$(RESULTS_SEEDS) \
+		trainer.enable_progress_bar=false callbacks.model_summary=null \
+		"hydra.sweep.dir=$$dir" $(ARGS) || status=$$?; \
+	$(PY) -m seqmnist.results "$$dir" --readme README.md || status=$$?; \
+	exit $$status
+
+results-table: install  ## rebuild the README table only: make results-table DIRS="<sweep dir> ..."
+	@test -n "$(DIRS)" || { echo "usage: make results-table DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
+	$(PY) -m seqmnist.results $(DIRS) --readme README.md
 
 evaluate: install  ## test-set report of a checkpoint: make evaluate CKPT=<.ckpt or run dir>
 	@test -n "$(CKPT)" || { echo "usage: make evaluate CKPT=<.ckpt file or run dir> [ARGS=\"data.root=DIR device=cpu\"]"; exit 2; }

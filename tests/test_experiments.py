@@ -1,0 +1,152 @@
+"""Every ``conf/experiment/*.yaml``: composes with the recipe it promises, and runs end to end
+(a few steps on the synthetic data, all experiments in one multirun) into a results table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from seqmnist import results
+from seqmnist.config import validate
+
+from .conftest import PROJECT_ROOT, run_sweep
+
+CONF_DIR = PROJECT_ROOT / "conf"
+
+# experiment -> (dataset, sequence, cell): what each one must train on.
+EXPECTED = {
+    "tutorial_lstm": ("mnist", "row", "lstm"),
+    "tutorial_rnn": ("mnist", "row", "rnn"),
+    "tutorial_gru3": ("mnist", "row", "gru"),
+    "best_row": ("mnist", "row", "lstm"),
+    "fashion_row": ("fashion_mnist", "row", "lstm"),
+    "smnist_lstm": ("mnist", "pixel", "lstm"),
+    "psmnist_lstm": ("mnist", "permuted", "lstm"),
+}
+# On top of the suite's FAST overrides (the last value wins): a couple of batches each, so the
+# 784-step pixel experiments also take seconds.
+TINY = [
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "hidden=8",
+    "seed=0",
+]
+
+
+def compose_experiment(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}", *overrides])
+    with open_dict(cfg):  # set by Hydra at run time
+        cfg.paths.output_dir = "/tmp/seqmnist-test-out"
+        cfg.run_name = "test-run"
+    return cfg
+
+
+def plain(cfg, *drop: str) -> dict:
+    """The config as a dict without the dotted keys in ``drop``."""
+    out = OmegaConf.to_container(cfg, resolve=False)
+    for key in drop:
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        node.pop(leaf, None)
+    return out
+
+
+def test_every_experiment_file_is_covered() -> None:
+    assert sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_experiment_composes(name: str) -> None:
+    cfg = compose_experiment(name)
+    validate(cfg)
+    OmegaConf.to_container(cfg.model, resolve=True)  # every interpolation resolves
+    dataset, sequence, cell = EXPECTED[name]
+    assert (cfg.data.dataset, cfg.data.sequence, cfg.model.net.cell) == (dataset, sequence, cell)
+    # No experiment forces a GPU: `trainer=gpu` is the user's to add.
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.tags, "experiments tag their runs"
+
+
+def test_best_row_recipe() -> None:
+    cfg = compose_experiment("best_row")
+    assert (cfg.layers, cfg.hidden, cfg.dropout) == (1, 128, 0.0)
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.003
+    assert cfg.scheduler.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
+    assert cfg.model.scheduler.scheduler.max_lr == 0.003  # the peak follows optimizer.lr
+    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_epochs == 25
+    assert cfg.data.batch_size == 128
+
+
+def test_fashion_row_is_best_row_on_fashion_mnist() -> None:
+    best, fashion = compose_experiment("best_row"), compose_experiment("fashion_row")
+    assert fashion.data.dataset == "fashion_mnist"
+    assert plain(fashion, "data.dataset", "tags") == plain(best, "data.dataset", "tags")
+
+
+def test_pixel_experiments() -> None:
+    pixel, permuted = compose_experiment("smnist_lstm"), compose_experiment("psmnist_lstm")
+    assert (pixel.layers, pixel.hidden) == (1, 128)
+    assert pixel.optimizer.lr == 0.001 and pixel.trainer.gradient_clip_val == 1.0
+    assert pixel.trainer.max_epochs == 50 and pixel.scheduler is not None
+    assert permuted.data.permutation_seed == 0
+    assert plain(permuted, "data.sequence", "tags") == plain(pixel, "data.sequence", "tags")
+    # GPU runs are one override away.
+    assert compose_experiment("smnist_lstm", "trainer=gpu").trainer.accelerator == "gpu"
+
+
+@pytest.fixture(scope="module")
+def experiment_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All experiments, a few steps each, as one multirun like ``make results`` runs them."""
+    sweep = tmp_path_factory.mktemp("experiments") / "sweep"
+    proc = run_sweep(f"experiment={','.join(EXPECTED)}", *TINY, root=synthetic_root,
+                     sweep_dir=sweep)  # fmt: skip
+    # Per-experiment failures are reported by the tests below, with each job's own error.
+    assert (sweep / "results.md").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return sweep
+
+
+def job_of(sweep: Path, name: str) -> Path:
+    (job,) = [j for j in sweep.iterdir() if j.is_dir() and results.experiment_name(j) == name]
+    return job
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_experiment_runs_end_to_end(experiment_sweep: Path, name: str) -> None:
+    job = job_of(experiment_sweep, name)
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["status"] == "completed", metrics.get("error")
+    assert metrics["test/acc"] is not None and metrics["epochs"] == 1
+    resolved = yaml.safe_load((job / "resolved_config.yaml").read_text())
+    dataset, sequence, cell = EXPECTED[name]
+    assert resolved["data"]["dataset"] == dataset
+    assert resolved["data"]["sequence"] == sequence
+    assert resolved["model"]["net"]["cell"] == cell
+    assert (metrics["dataset"], metrics["sequence"], metrics["cell"]) == (dataset, sequence, cell)
+    if sequence in ("pixel", "permuted"):
+        assert resolved["data"]["permutation_seed"] == 0
+
+
+def test_results_table_from_the_experiment_sweep(experiment_sweep: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n## Results\n\n{results.START}\nold\n{results.END}\n\nafter\n")
+    code = results.main([str(experiment_sweep), "--readme", str(readme)])
+    assert code == 0
+    text = readme.read_text()
+    assert "old" not in text and text.endswith(f"{results.END}\n\nafter\n")
+    for name in EXPECTED:
+        row = [ln for ln in text.splitlines() if ln.startswith(f"| `{name}` |")]
+        assert len(row) == 1, name
+        assert results.describe_experiment(name) in row[0]
+        assert "1 (0)" in row[0]  # one run, seed 0
+        assert "(part of the test set)" in row[0]  # trainer.limit_test_batches=1
+    assert (experiment_sweep / results.MD_NAME).is_file()
+    assert (experiment_sweep / results.CSV_NAME).is_file()
