@@ -83,3 +83,13 @@ def test_rnn_is_tanh_and_counts_params() -> None:
 def test_unknown_cell() -> None:
     with pytest.raises(ValueError, match="allowed"):
         RecurrentClassifier(cell="transformer")
+
+
+def test_compiled_net_matches_eager_and_keeps_its_state_dict_keys() -> None:
+    torch.manual_seed(0)
+    net = RecurrentClassifier(28, 10, cell="lstm", hidden_size=16).eval()
+    x = torch.randn(4, 28, 28)
+    keys, eager = list(net.state_dict()), net(x)
+    net.compile()  # what `compile=true` does
+    assert torch.allclose(net(x), eager, atol=1e-5)
+    assert list(net.state_dict()) == keys

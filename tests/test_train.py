@@ -175,3 +175,20 @@ def test_short_run_on_real_mnist(real_root: Path, tmp_path: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # 60 steps of the default LSTM-128 already reads digits far better than chance.
     assert metrics["test/acc"] > 0.5
+
+
+@pytest.mark.parametrize(
+    "switch", ["compile=true", "trainer.precision=bf16-mixed", "data.device_resident=true"]
+)
+def test_speed_switches_train_and_test_on_cpu(
+    synthetic_root: Path, tmp_path: Path, switch: str
+) -> None:
+    proc = train(switch, "trainer.max_epochs=2", root=synthetic_root, run_dir=tmp_path / "run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["status"] == "completed" and m["epochs"] == 2
+    assert 0.0 <= m["test/acc"] <= 1.0 and m["test/loss"] == m["test/loss"]  # finite, not NaN
+    # The saved weights keep their plain names (evaluate/predict load them).
+    from seqmnist.checkpoint import load_model
+
+    load_model(tmp_path / "run")

@@ -43,6 +43,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_size": _int_at_least(1),
     "trainer.max_epochs": _int_at_least(1),
     "seed": _int_at_least(0),
+    "compile": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "data.device_resident": (lambda v: v is None or isinstance(v, bool), "true or false"),
 }
 
 

@@ -171,7 +171,8 @@ class SequenceDataset(Dataset):
         return self.inputs[index], self.targets[index]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        # Indices on the data's device: a device-resident split is gathered there.
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.inputs.device)
         return self.inputs[idx], self.targets[idx]
 
 
@@ -202,6 +203,7 @@ class SeqMNISTDataModule(L.LightningDataModule):
         download: bool = True,
         num_workers: int = 0,
         shuffle_seed: int = 0,
+        device_resident: bool = False,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -287,11 +289,19 @@ class SeqMNISTDataModule(L.LightningDataModule):
                 len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed)
             )
             inputs = self.to_inputs(images)
-            self.val_set = SequenceDataset(inputs[order[:n_val]], labels[order[:n_val]])
-            self.train_set = SequenceDataset(inputs[order[n_val:]], labels[order[n_val:]])
+            self.val_set = self._placed(inputs[order[:n_val]], labels[order[:n_val]])
+            self.train_set = self._placed(inputs[order[n_val:]], labels[order[n_val:]])
         if stage in (None, "test", "predict") and self.test_set is None:
             images, labels = load_split(self.root, self.dataset, "test")
-            self.test_set = SequenceDataset(self.to_inputs(images), labels)
+            self.test_set = self._placed(self.to_inputs(images), labels)
+
+    def _placed(self, inputs: torch.Tensor, targets: torch.Tensor) -> SequenceDataset:
+        """With ``device_resident``, the split moves to the Trainer's device once (on a GPU,
+        ~200 MB for MNIST) and batches are gathered there: no copy per step."""
+        if self.hparams.device_resident and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            inputs, targets = inputs.to(device), targets.to(device)
+        return SequenceDataset(inputs, targets)
 
     def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28) -> float sequences in [0, 1], laid out as this module reads."""

@@ -64,6 +64,13 @@ class RecurrentClassifier(nn.Module):
 
     def sequence_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last layer's output at every step, ``(B, T, H * directions)``."""
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no reduced-precision LSTM kernel on most CPUs ("could not create a
+            # primitive descriptor"), so under CPU bf16/fp16 autocast the recurrence stays
+            # float32 and only the head runs in low precision.
+            with torch.autocast("cpu", enabled=False):
+                out, _ = self.rnn(x.float())
+            return out
         out, _ = self.rnn(x)
         return out
 

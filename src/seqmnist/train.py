@@ -118,6 +118,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         num_classes=datamodule.num_classes,
         class_names=datamodule.class_names,
     )
+    if cfg.get("compile"):
+        model.net.compile()
     callbacks = instantiate_group(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress-bar callback when the bar is switched off.
