@@ -27,6 +27,7 @@ EXPECTED = {
     "fashion_row": ("fashion_mnist", "row", "lstm"),
     "smnist_lstm": ("mnist", "pixel", "lstm"),
     "psmnist_lstm": ("mnist", "permuted", "lstm"),
+    "fast99": ("mnist", "row", "lstm"),
 }
 # On top of the suite's FAST overrides (the last value wins): a couple of batches each, so the
 # 784-step pixel experiments also take seconds.

@@ -48,11 +48,13 @@ class BenchConfig:
     hidden: int
     batch_size: int
     dropout: float = 0.0
+    cpu_kernel: str = "native"
 
 
 CONFIGS = [
     BenchConfig("lstm128-bs128 (default)", "lstm", 1, 128, 128),
-    BenchConfig("gru3x200-bs64", "gru", 3, 200, 64),
+    BenchConfig("gru3x200-bs64 nn.GRU", "gru", 3, 200, 64),
+    BenchConfig("gru3x200-bs64 fused", "gru", 3, 200, 64, cpu_kernel="fused"),
     BenchConfig("lstm128-bs1024", "lstm", 1, 128, 1024),
 ]
 
@@ -82,7 +84,8 @@ def matmul_flops(c: BenchConfig, input_size: int = 28, repeats: int = 200) -> fl
 
 
 def make_net(c: BenchConfig) -> dict:
-    return {"cell": c.cell, "hidden_size": c.hidden, "num_layers": c.layers, "dropout": c.dropout}
+    return {"cell": c.cell, "hidden_size": c.hidden, "num_layers": c.layers, "dropout": c.dropout,
+            "cpu_kernel": c.cpu_kernel}  # fmt: skip
 
 
 def time_plain(c: BenchConfig, dm: SeqMNISTDataModule, steps: int) -> float:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seqmnist import cpu_gru
+from seqmnist.errors import ConfigError
+
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -29,10 +32,17 @@ class RecurrentClassifier(nn.Module):
         bidirectional: bool = False,
         forget_bias: float = 1.0,
         nonlinearity: str = "tanh",
+        cpu_kernel: str = "native",
     ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell={cell!r} is not known; allowed: {sorted(CELLS)}")
+        if cpu_kernel not in ("native", "fused") or (cpu_kernel == "fused" and cell != "gru"):
+            raise ConfigError(
+                f"model.net.cpu_kernel={cpu_kernel!r} is not allowed with cell={cell}; it must be "
+                "'native', or 'fused' (cell=gru only: seqmnist.cpu_gru's CPU training pass)"
+            )
+        self.cpu_kernel = cpu_kernel
         kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
         self.cell = cell
         self.bidirectional = bidirectional
@@ -71,6 +81,8 @@ class RecurrentClassifier(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 out, _ = self.rnn(x.float())
             return out
+        if self.cpu_kernel == "fused" and cpu_gru.usable(self.rnn, x):
+            return cpu_gru.gru_train_forward(self.rnn, x)
         out, _ = self.rnn(x)
         return out
 

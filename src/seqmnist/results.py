@@ -42,7 +42,7 @@ END = "<!-- results:end -->"
 
 # Table order: the tutorials, the tuned row recipes, then the GPU pixel-by-pixel experiments;
 # any other experiment follows alphabetically.
-ORDER = ["tutorial_lstm", "tutorial_rnn", "tutorial_gru3", "best_row", "fashion_row",
+ORDER = ["tutorial_lstm", "tutorial_rnn", "tutorial_gru3", "best_row", "fast99", "fashion_row",
          "smnist_lstm", "psmnist_lstm"]  # fmt: skip
 
 # What others reported for the same task. Paper figures were checked against the papers' text
@@ -59,7 +59,7 @@ REFERENCES = {
     "2015, arXiv:1504.00941); uRNN 91.4% (Arjovsky et al. 2016, arXiv:1511.06464)",
 }
 # Mean test accuracy each experiment should reach (from the issue that added them).
-TARGETS = {"tutorial_lstm": 0.985, "best_row": 0.993, "fashion_row": 0.90}
+TARGETS = {"tutorial_lstm": 0.985, "best_row": 0.993, "fashion_row": 0.90, "fast99": 0.99}
 
 COLUMNS = ["experiment", "what", "seeds", "test acc %", "params", "epochs", "train time / run",
            "machine", "reference", "target"]  # fmt: skip
