@@ -75,16 +75,21 @@ FAST = [
 ]
 
 
+def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a user's shell: unbuffered output, no HYDRA_FULL_ERROR tracebacks."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
 def run_module(
     module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in ``cwd`` the way a user would."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=full_env,
+        env=user_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,

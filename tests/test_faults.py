@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import torch
 from seqmnist.data import SeqMNISTDataModule
 from seqmnist.faults import AtomicCheckpointIO, FaultTolerance, ResumableSampler
 
-from .conftest import FAST, PROJECT_ROOT, run_module
+from .conftest import FAST, PROJECT_ROOT, run_module, user_env
 
 # Two epochs of 16 steps (500 synthetic training images, batch 32), a last.ckpt every 3
 # steps, dropout between two layers (so the RNG matters) and a one-cycle schedule (so the
@@ -36,12 +35,6 @@ RUN = [
 SAME = ["val/acc_best", "test/acc", "test/loss", "epochs", "params"]
 
 
-def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
 def train(*args: str, root: Path, run_dir: Path) -> subprocess.CompletedProcess:
     return run_module("seqmnist.train", f"data.root={root}", f"hydra.run.dir={run_dir}", *RUN,
                       *args, cwd=PROJECT_ROOT)  # fmt: skip
@@ -56,7 +49,7 @@ def start_and_signal(root: Path, run_dir: Path, sig: int) -> subprocess.Complete
     """Start a run, send ``sig`` once its first mid-epoch ``last.ckpt`` exists, wait."""
     cmd = [sys.executable, "-m", "seqmnist.train", f"data.root={root}",
            f"hydra.run.dir={run_dir}", *RUN]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=_env(), text=True,
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=user_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
@@ -66,6 +59,13 @@ def start_and_signal(root: Path, run_dir: Path, sig: int) -> subprocess.Complete
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=240)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def finished_short_run(root: Path, run_dir: Path) -> None:
+    """A completed one-epoch run (the suite's FAST settings) to resume."""
+    done = run_module("seqmnist.train", f"data.root={root}", f"hydra.run.dir={run_dir}", *FAST,
+                      cwd=PROJECT_ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def metrics(run_dir: Path) -> dict:
@@ -182,9 +182,7 @@ def test_signal_stops_cleanly_with_a_checkpoint_and_resumes(
 
 def test_resume_can_train_longer(synthetic_root: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    done = run_module("seqmnist.train", f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}",
-                      *FAST, cwd=PROJECT_ROOT)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    finished_short_run(synthetic_root, run_dir)
     assert metrics(run_dir)["epochs"] == 1
     more = resume(run_dir, tmp_path / "more", "trainer.max_epochs=2")
     assert more.returncode == 0, more.stdout + more.stderr
@@ -210,9 +208,7 @@ def test_bad_resume_is_one_clear_error(
 ) -> None:
     run_dir = tmp_path / "run"
     if setup != "none":
-        done = run_module("seqmnist.train", f"data.root={synthetic_root}",
-                          f"hydra.run.dir={run_dir}", *FAST, cwd=PROJECT_ROOT)  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
+        finished_short_run(synthetic_root, run_dir)
     if setup == "no_ckpt":
         for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
             ckpt.unlink()

@@ -148,12 +148,8 @@ class FaultTolerance(L.Callback):
             self._pending = None
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
-        if self.dirpath:
-            return Path(self.dirpath) / self.filename
-        ckpt_cb = trainer.checkpoint_callback
-        if ckpt_cb is not None and getattr(ckpt_cb, "dirpath", None):
-            return Path(ckpt_cb.dirpath) / self.filename
-        return Path(trainer.default_root_dir) / "checkpoints" / self.filename
+        folder = self.dirpath or Path(trainer.default_root_dir) / "checkpoints"
+        return Path(folder) / self.filename
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exc: BaseException):
         # Only a signal stop is a clean point to save: the batch has finished. Other errors

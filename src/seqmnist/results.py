@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import statistics
 import sys
 from collections.abc import Iterable
@@ -32,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from seqmnist.machine import describe as machine_description  # runs without a recorded machine
 from seqmnist.report import find_jobs, read_job
 
 EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment"
@@ -98,17 +97,6 @@ def describe_experiment(name: str, conf_dir: Path = EXPERIMENT_DIR) -> str:
         if text and not text.startswith("@package"):
             return text
     return ""
-
-
-def machine_description() -> str:
-    """This machine in a few words, for runs whose ``metrics.json`` has no ``machine``."""
-    import torch  # only here: the rest of the table needs no torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__.split('+')[0]}, {gpu}"
-    )
 
 
 def _metrics_value(job: Path, key: str) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import sys
 import time
 import warnings
@@ -31,6 +30,7 @@ from seqmnist.checkpoint import read_checkpoint
 from seqmnist.config import validate
 from seqmnist.errors import SeqMNISTError
 from seqmnist.faults import resume_config, sigint_as_sigterm
+from seqmnist.machine import describe as describe_machine
 from seqmnist.nets import count_parameters
 
 log = logging.getLogger("seqmnist.train")
@@ -133,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.log_hyperparams(hparams)
 
     out = output_dir(cfg)
-    metrics: dict[str, Any] = {"status": "running", **hparams, "machine": machine()}
+    metrics: dict[str, Any] = {"status": "running", **hparams, "machine": describe_machine()}
     if cfg.get("resume"):
         metrics["resumed_from"] = cfg.ckpt_path
     if trainer.is_global_zero:
@@ -171,15 +171,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info(summary_line(metrics))
     return metrics
-
-
-def machine() -> str:
-    """Where the run's timings come from, for results tables."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"{torch.get_num_threads()} torch threads, {device}, torch {torch.__version__}"
-    )
 
 
 def summary_line(m: dict[str, Any]) -> str:
