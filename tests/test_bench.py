@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from seqmnist import bench
 
 
@@ -39,7 +42,33 @@ def test_bench_writes_json_table_and_ratio_line(
     (row,) = report["results"]
     assert row["cell"] == "lstm" and row["batch_size"] == 128
     assert row["plain_samples_per_s"] > 0 and row["lightning_samples_per_s"] > 0
-    assert abs(row["ratio"] - row["lightning_samples_per_s"] / row["plain_samples_per_s"]) < 2e-3
+    (plain,), (light,) = row["plain_rounds"], row["lightning_rounds"]  # one round: its ratio
+    assert abs(row["ratio"] - light / plain) < 2e-3
     assert row["efficiency_vs_matmul"] > 0
     assert any(ln.startswith("| lstm128-bs128") for ln in lines)
     assert lines[-1] == f"bench: lightning/plain = {row['ratio']:.3f}"
+
+
+def test_switch_rows_run_both_paths_with_the_switch_on(
+    synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--root", str(synthetic_root), "--val-size", "100", "--rounds", "1"]
+    args += ["--samples", "256", "--switches", "--configs", "lstm128-bs128 bf16"]
+    bench.main([*args, "--out", str(out)])
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["precision"] == "bf16-mixed" and not row["compile"]
+    assert row["plain_samples_per_s"] > 0 and row["lightning_samples_per_s"] > 0
+    assert "| lstm128-bs128 bf16-mixed |" in capsys.readouterr().out
+
+
+def test_unknown_config_or_missing_gpu_is_one_clear_error(synthetic_root: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--root", str(synthetic_root), "--configs", "lstm999"])
+    assert exc.value.code == 2
+    assert "no such config" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--root", str(synthetic_root), "--accelerator", "gpu"])
+        assert exc.value.code == 2
+        assert "no CUDA device" in capsys.readouterr().err

@@ -65,3 +65,28 @@ def test_classifier_with_fused_kernel_trains_like_native() -> None:
 def test_fused_kernel_is_for_gru_only() -> None:
     with pytest.raises(ConfigError, match="cell=gru only"):
         RecurrentClassifier(28, 10, cell="lstm", cpu_kernel="fused")
+
+
+def test_dropout_between_layers_matches_two_single_layer_grus_with_the_same_mask() -> None:
+    torch.manual_seed(0)
+    B, T, n_in, H, p = 3, 6, 7, 5, 0.5
+    gru = nn.GRU(n_in, H, 2, batch_first=True, dropout=p).double().train()
+    layers = [nn.GRU(n_in, H, batch_first=True).double(), nn.GRU(H, H, batch_first=True).double()]
+    for k, layer in enumerate(layers):
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(layer, f"{name}_l0").data = getattr(gru, f"{name}_l{k}").data
+    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
+
+    torch.manual_seed(1)
+    out = gru_train_forward(gru, x)
+    torch.manual_seed(1)  # the only random draw in the pass: layer 1's input mask, time-major
+    mask = nn.functional.dropout(torch.ones(T, B, H, dtype=torch.float64), p).transpose(0, 1)
+    ref = layers[1](layers[0](x)[0] * mask)[0]
+    assert 0 < (mask == 0).sum() < mask.numel()
+    assert torch.allclose(out, ref, atol=1e-12)
+
+    grad_out = torch.randn_like(ref)
+    got = torch.autograd.grad(out, [x, gru.weight_ih_l1, gru.weight_hh_l0], grad_out)
+    want = torch.autograd.grad(ref, [x, layers[1].weight_ih_l0, layers[0].weight_hh_l0], grad_out)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=1e-12)

@@ -147,3 +147,25 @@ def test_non_finite_loss_stops_with_step_and_last_loss(
     assert isinstance(err.value, SeqMNISTError)  # entry points print it and mark the run failed
     msg = str(err.value)
     assert "nan at step 3" in msg and "last finite loss: 2." in msg and "gradient_clip_val" in msg
+
+
+def test_non_finite_loss_between_logging_steps_is_caught_at_epoch_end(
+    synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from seqmnist.errors import NonFiniteLossError
+
+    dm = SeqMNISTDataModule(root=str(synthetic_root), batch_size=50, val_size=100, download=False)
+    model = SeqClassifier(net={"cell": "gru", "hidden_size": 8}, optimizer=ADAM)
+    real_forward = model.net.forward
+    calls = {"n": 0}
+
+    def one_nan_batch(x):  # a single bad batch, on a step that is not a logging step
+        calls["n"] += 1
+        out = real_forward(x)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(model.net, "forward", one_nan_batch)
+    trainer = make_trainer(tmp_path, max_epochs=1, log_every_n_steps=1000, num_sanity_val_steps=0)
+    with pytest.raises(NonFiniteLossError, match="training loss became nan"):
+        trainer.fit(model, datamodule=dm)
+    assert calls["n"] > 3  # the epoch ran on; its mean loss carried the NaN to the check

@@ -3,16 +3,24 @@
 ``python -m seqmnist.bench`` (``make bench``) times, in one process, on the same in-memory
 data and the same network code:
 
-* **plain**: a hand-written loop (index a batch, forward, cross-entropy, backward, Adam step);
+* **plain**: a hand-written loop (index a batch, forward, cross-entropy, backward, Adam step;
+  fused Adam in both paths, as in ``conf/optimizer/adam.yaml``);
 * **lightning**: ``SeqMNISTDataModule`` + ``SeqClassifier`` + ``Trainer`` with metrics and
   TensorBoard logging on and the progress bar off,
 
 alternating the two for a few rounds after a warm-up so machine noise hits both alike. For
-each config it reports samples/s of both, their ratio, and the efficiency against a FLOP
+each config it reports the median samples/s of both, the ratio (the median of each round's
+Lightning/plain ratio: the two runs of a round are back to back, so a machine whose speed
+drifts from minute to minute still compares like with like), and the efficiency against a FLOP
 floor: the model's training FLOPs per sample (3x the forward multiply-adds, x2 FLOPs each)
 divided by the machine's measured matmul throughput at the cell's GEMM shapes. It writes
 ``outputs/bench/bench.json``, prints a Markdown table, and ends with the line
 ``bench: lightning/plain = R`` for the default config.
+
+``--switches`` adds rows for the speed switches of the default config (``compile=true``,
+``trainer.precision=bf16-mixed``) so each can be measured before it is turned on;
+``--accelerator gpu`` runs everything on CUDA with the data resident on the GPU (the
+``trainer=gpu data.device_resident=true`` path).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,9 +42,13 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from seqmnist.data import SeqMNISTDataModule, default_data_root
+from seqmnist.data import SeqMNISTDataModule, SequenceDataset, default_data_root
+from seqmnist.machine import skip_nvml_probe_without_nvml
 from seqmnist.module import SeqClassifier
 from seqmnist.nets import RecurrentClassifier
+
+# Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates (as in train.py).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -49,6 +62,8 @@ class BenchConfig:
     batch_size: int
     dropout: float = 0.0
     cpu_kernel: str = "native"
+    precision: str = "32-true"  # as trainer.precision
+    compile: bool = False  # as compile=true
 
 
 CONFIGS = [
@@ -57,6 +72,12 @@ CONFIGS = [
     BenchConfig("gru3x200-bs64 fused", "gru", 3, 200, 64, cpu_kernel="fused"),
     BenchConfig("lstm128-bs1024", "lstm", 1, 128, 1024),
 ]
+# The default config with one speed switch on each (``--switches``).
+SWITCHES = [
+    BenchConfig("lstm128-bs128 compile", "lstm", 1, 128, 128, compile=True),
+    BenchConfig("lstm128-bs128 bf16-mixed", "lstm", 1, 128, 128, precision="bf16-mixed"),
+]
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def macs_per_sample(
@@ -70,17 +91,33 @@ def macs_per_sample(
     return total + c.hidden * classes
 
 
-def matmul_flops(c: BenchConfig, input_size: int = 28, repeats: int = 200) -> float:
-    """Measured FLOP/s of the cell's per-step GEMM, (B, in+H) @ (in+H, gates*H)."""
-    a = torch.randn(c.batch_size, input_size + c.hidden)
-    b = torch.randn(input_size + c.hidden, GATES[c.cell] * c.hidden)
+def matmul_flops(
+    c: BenchConfig, input_size: int = 28, repeats: int = 200, windows: int = 5, device: str = "cpu"
+) -> float:
+    """Measured FLOP/s of the cell's per-step GEMM, (B, in+H) @ (in+H, gates*H).
+
+    The best of a few timing windows: a floor is what the machine can do, and a window hit
+    by noise would flatter the efficiency figure.
+    """
+    a = torch.randn(c.batch_size, input_size + c.hidden, device=device)
+    b = torch.randn(input_size + c.hidden, GATES[c.cell] * c.hidden, device=device)
     for _ in range(20):
         a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    seconds = time.perf_counter() - start
-    return 2 * a.shape[0] * a.shape[1] * b.shape[1] * repeats / seconds
+    best = float("inf")
+    for _ in range(windows):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] * repeats / best
+
+
+def _sync(device: str | torch.device) -> None:
+    # CUDA kernels run asynchronously: wait for them before reading the clock.
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def make_net(c: BenchConfig) -> dict:
@@ -90,54 +127,73 @@ def make_net(c: BenchConfig) -> dict:
 
 def time_plain(c: BenchConfig, dm: SeqMNISTDataModule, steps: int) -> float:
     """Samples/s of a plain loop over ``steps`` shuffled batches (after 5 warm-up steps)."""
-    net = RecurrentClassifier(dm.input_size, dm.num_classes, **make_net(c))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = dm.train_set.inputs, dm.train_set.targets
-    order = torch.randperm(len(y))
+    net = RecurrentClassifier(dm.input_size, dm.num_classes, **make_net(c)).to(x.device)
+    if c.compile:
+        net.compile()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as conf/optimizer/adam.yaml
+    dtype = AUTOCAST.get(c.precision)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=dtype is torch.float16)
+    order = torch.randperm(len(y), device=x.device)
     start = 0.0
     for step in range(steps + 5):
         if step == 5:
+            _sync(x.device)
             start = time.perf_counter()
         idx = order[(step * c.batch_size) % (len(y) - c.batch_size) :][: c.batch_size]
-        loss = F.cross_entropy(net(x[idx]), y[idx])
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(net(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    _sync(x.device)
     return steps * c.batch_size / (time.perf_counter() - start)
 
 
 class _StepTimer(Callback):
-    """Times training batches after the first five (same warm-up as the plain loop)."""
+    """Times training batches 6..``total`` (same warm-up as the plain loop).
 
-    def __init__(self) -> None:
+    The clock is read after a CUDA sync only at the two ends, as in the plain loop: a sync
+    per step would slow the Lightning path down on a GPU.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
         self.start: float | None = None
-        self.end = 0.0
+        self.end: float | None = None
         self.seen = 0  # batches started, across epochs
-        self.timed = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.seen += 1
         if self.seen == 6:
+            _sync(pl_module.device)
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.start is not None:
+        if self.seen == self.total:
+            _sync(pl_module.device)
             self.end = time.perf_counter()
-            self.timed += 1
 
 
-def time_lightning(c: BenchConfig, dm: SeqMNISTDataModule, steps: int, log_dir: str) -> float:
+def time_lightning(
+    c: BenchConfig, dm: SeqMNISTDataModule, steps: int, log_dir: str, accelerator: str = "cpu"
+) -> float:
     """Samples/s of the project's path: DataModule + SeqClassifier + Trainer, logging on."""
     dm.batch_size = c.batch_size
     model = SeqClassifier(
         net=make_net(c),
-        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3, "fused": True},
         input_size=dm.input_size,
         num_classes=dm.num_classes,
     )
-    timer = _StepTimer()
+    if c.compile:
+        model.net.compile()
+    timer = _StepTimer(total=steps + 5)
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
+        devices=1,
+        precision=c.precision,
         max_epochs=-1,
         max_steps=steps + 5,
         limit_val_batches=0,
@@ -148,37 +204,50 @@ def time_lightning(c: BenchConfig, dm: SeqMNISTDataModule, steps: int, log_dir: 
         enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
+    if timer.start is None or timer.end is None:
+        raise RuntimeError(f"bench: the Lightning run stopped before batch {steps + 5}")
     # Timed from the start of batch 6 to the end of the last one, like the plain loop.
-    return timer.timed * c.batch_size / (timer.end - timer.start) if timer.start else 0.0
+    return steps * c.batch_size / (timer.end - timer.start)
 
 
 def run(
-    configs: list[BenchConfig], rounds: int, samples: int, root: str, val_size: int = 5000
+    configs: list[BenchConfig],
+    rounds: int,
+    samples: int,
+    root: str,
+    val_size: int = 5000,
+    accelerator: str = "cpu",
 ) -> list[dict]:
+    device = "cuda" if accelerator == "gpu" else "cpu"
     dm = SeqMNISTDataModule(root=root, download=False, val_size=val_size)
     dm.prepare_data()
     dm.setup("fit")
+    if device != "cpu":  # data.device_resident=true: both loops gather batches on the GPU
+        ds = dm.train_set
+        dm.train_set = SequenceDataset(ds.inputs.to(device), ds.targets.to(device))
     rows = []
     with tempfile.TemporaryDirectory() as log_dir:
         for c in configs:
             steps = max(20, samples // c.batch_size)
             time_plain(c, dm, 5)  # warm-up: first calls allocate and pick kernels
-            time_lightning(c, dm, 5, log_dir)
+            time_lightning(c, dm, 5, log_dir, accelerator)
             plain, light = [], []
             for _ in range(rounds):
                 torch.manual_seed(0)
                 plain.append(time_plain(c, dm, steps))
                 torch.manual_seed(0)
-                light.append(time_lightning(c, dm, steps, log_dir))
+                light.append(time_lightning(c, dm, steps, log_dir, accelerator))
             p, lt = statistics.median(plain), statistics.median(light)
-            floor = 6 * macs_per_sample(c) / matmul_flops(c)  # seconds per sample at matmul speed
+            paired = statistics.median(b / a for a, b in zip(plain, light, strict=True))
+            # Seconds per sample if every FLOP ran at the measured matmul speed.
+            floor = 6 * macs_per_sample(c) / matmul_flops(c, device=device)
             rows.append(
                 {
                     **asdict(c),
                     "steps": steps,
                     "plain_samples_per_s": round(p, 1),
                     "lightning_samples_per_s": round(lt, 1),
-                    "ratio": round(lt / p, 3),
+                    "ratio": round(paired, 3),
                     "plain_rounds": [round(v, 1) for v in plain],
                     "lightning_rounds": [round(v, 1) for v in light],
                     "train_flops_per_sample": 6 * macs_per_sample(c),
@@ -209,21 +278,34 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--root", default=default_data_root(), help="data root (%(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per config")
-    parser.add_argument("--samples", type=int, default=12_800, help="samples timed per round")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per config")
+    parser.add_argument("--samples", type=int, default=6_400, help="samples timed per round")
     parser.add_argument("--configs", nargs="*", help="subset of config names (prefix match)")
     parser.add_argument("--val-size", type=int, default=5000, help="as data.val_size")
+    parser.add_argument(
+        "--switches", action="store_true", help="also time the compile and bf16-mixed switches"
+    )
+    parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--out", default="outputs/bench/bench.json")
     args = parser.parse_args(argv)
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        parser.error("--accelerator gpu: no CUDA device is visible to torch on this machine")
+    skip_nvml_probe_without_nvml()
 
-    wanted = args.configs or [c.name for c in CONFIGS]
-    configs = [c for c in CONFIGS if any(c.name.startswith(p) for p in wanted)]
-    rows = run(configs, args.rounds, args.samples, args.root, args.val_size)
+    pool = CONFIGS + SWITCHES if args.switches else CONFIGS
+    wanted = args.configs or [c.name for c in pool]
+    configs = [c for c in pool if any(c.name.startswith(p) for p in wanted)]
+    if not configs:
+        parser.error(f"--configs {' '.join(wanted)}: no such config; known: "
+                     f"{', '.join(c.name for c in CONFIGS + SWITCHES)}")  # fmt: skip
+    rows = run(configs, args.rounds, args.samples, args.root, args.val_size, args.accelerator)
     report = {
         "machine": {
             "cpu_threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
+            "accelerator": args.accelerator,
+            "gpu": torch.cuda.get_device_name(0) if args.accelerator == "gpu" else None,
             "torch": torch.__version__,
         },
         "rounds": args.rounds,

@@ -1,7 +1,9 @@
-"""One line saying what machine a run's timings come from (metrics.json, results tables)."""
+"""Machine facts: the one line saying where a run's timings come from (metrics.json, results
+tables), and a per-step cost of the CUDA probe removed on machines without NVML."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 
@@ -15,3 +17,23 @@ def describe() -> str:
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
     )
+
+
+def skip_nvml_probe_without_nvml() -> bool:
+    """Switch off the NVML-based CUDA check where NVML cannot be loaded; True if switched off.
+
+    Importing Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so a CUDA check does not
+    initialise CUDA before a fork), and ``torch.optim.Adam.step`` checks for CUDA on every
+    step. Without ``libnvidia-ml`` (every CPU-only machine) each check then tries to
+    ``dlopen`` it, fails, and falls back to the CUDA runtime's count anyway: the answer is
+    the same, but the failed ``dlopen`` costs ~0.2 ms per optimizer step (measured here, 2
+    cores, torch 2.14). Where NVML loads, nothing changes.
+    """
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1":
+        return False
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+        return True
+    return False

@@ -31,6 +31,7 @@ from seqmnist.config import validate
 from seqmnist.errors import SeqMNISTError
 from seqmnist.faults import resume_config, sigint_as_sigterm
 from seqmnist.machine import describe as describe_machine
+from seqmnist.machine import skip_nvml_probe_without_nvml
 from seqmnist.nets import count_parameters
 
 log = logging.getLogger("seqmnist.train")
@@ -107,6 +108,7 @@ def cpu_threads(cfg: DictConfig) -> int | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; returns the metrics written to ``metrics.json``."""
     validate(cfg)
+    skip_nvml_probe_without_nvml()
     if threads := cpu_threads(cfg):
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed, workers=True)
