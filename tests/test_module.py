@@ -125,22 +125,28 @@ def test_schedulers_fill_their_horizon(
         assert trainer.lr_scheduler_configs[0].monitor == "val/acc"
 
 
+def _nan_after_calls(monkeypatch, root: Path, nan_when):
+    """A small data module and a GRU model whose forward returns NaN when ``nan_when(call)``."""
+    dm = SeqMNISTDataModule(root=str(root), batch_size=50, val_size=100, download=False)
+    model = SeqClassifier(net={"cell": "gru", "hidden_size": 8}, optimizer=ADAM)
+    real_forward = model.net.forward
+    calls = {"n": 0}
+
+    def forward(x):
+        calls["n"] += 1
+        out = real_forward(x)
+        return out * float("nan") if nan_when(calls["n"]) else out
+
+    monkeypatch.setattr(model.net, "forward", forward)
+    return dm, model, calls
+
+
 def test_non_finite_loss_stops_with_step_and_last_loss(
     synthetic_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
     from seqmnist.errors import NonFiniteLossError, SeqMNISTError
 
-    dm = SeqMNISTDataModule(root=str(synthetic_root), batch_size=50, val_size=100, download=False)
-    model = SeqClassifier(net={"cell": "gru", "hidden_size": 8}, optimizer=ADAM)
-    real_forward = model.net.forward
-    calls = {"n": 0}
-
-    def diverging(x):
-        calls["n"] += 1
-        out = real_forward(x)
-        return out * float("nan") if calls["n"] > 3 else out
-
-    monkeypatch.setattr(model.net, "forward", diverging)
+    dm, model, _ = _nan_after_calls(monkeypatch, synthetic_root, lambda n: n > 3)
     trainer = make_trainer(tmp_path, max_epochs=1, log_every_n_steps=1, num_sanity_val_steps=0)
     with pytest.raises(NonFiniteLossError) as err:
         trainer.fit(model, datamodule=dm)
@@ -154,17 +160,8 @@ def test_non_finite_loss_between_logging_steps_is_caught_at_epoch_end(
 ) -> None:
     from seqmnist.errors import NonFiniteLossError
 
-    dm = SeqMNISTDataModule(root=str(synthetic_root), batch_size=50, val_size=100, download=False)
-    model = SeqClassifier(net={"cell": "gru", "hidden_size": 8}, optimizer=ADAM)
-    real_forward = model.net.forward
-    calls = {"n": 0}
-
-    def one_nan_batch(x):  # a single bad batch, on a step that is not a logging step
-        calls["n"] += 1
-        out = real_forward(x)
-        return out * float("nan") if calls["n"] == 3 else out
-
-    monkeypatch.setattr(model.net, "forward", one_nan_batch)
+    # A single bad batch, on a step that is not a logging step.
+    dm, model, calls = _nan_after_calls(monkeypatch, synthetic_root, lambda n: n == 3)
     trainer = make_trainer(tmp_path, max_epochs=1, log_every_n_steps=1000, num_sanity_val_steps=0)
     with pytest.raises(NonFiniteLossError, match="training loss became nan"):
         trainer.fit(model, datamodule=dm)
