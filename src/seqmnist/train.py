@@ -36,8 +36,6 @@ from seqmnist.nets import count_parameters
 
 log = logging.getLogger("seqmnist.train")
 
-# Lightning 2.6 calls a torch.utils._pytree API that torch 2.14 deprecates; not ours to fix.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 # Our data module restores the position in the epoch itself (see seqmnist.faults).
 warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
