@@ -1,9 +1,11 @@
-"""`python -m seqmnist.evaluate`: reports written, numbers consistent, errors clear."""
+"""`seqmnist.evaluate`: reports written, numbers consistent, errors clear (in-process through
+the command's `run`; a subprocess only for the exit code and the run directory's name)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -12,23 +14,19 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seqmnist.evaluate import BIDIRECTIONAL_NOTE, FILES, evaluate_checkpoint
-
-from . import eval_helpers
-from .conftest import PROJECT_ROOT, run_module
-from .eval_helpers import ONE_THREAD, best_ckpt, make_checkpoint
-
-trained_run = eval_helpers.trained_run  # the session's tiny trained run (a fixture)
-one_thread = eval_helpers.one_thread  # autouse
+from seqmnist.errors import DataError
+from seqmnist.evaluate import run
+from seqmnist.runs.checkpoints import CheckpointError
+from seqmnist.runs.evaluation import BIDIRECTIONAL_NOTE, FILES, evaluate_checkpoint
+from tests.helpers import ONE_THREAD, best_ckpt, compose_config, make_checkpoint, run_module
 
 TEST_SIZE = 200  # the synthetic test split
 
 
-def evaluate(*overrides: str, out: Path, root: Path | None = None):
-    args = [f"hydra.run.dir={out}", *overrides]
-    if root is not None:
-        args.insert(0, f"data.root={root}")
-    return run_module("seqmnist.evaluate", *args, cwd=PROJECT_ROOT, env=ONE_THREAD)
+def evaluate(*overrides: str, out: Path, root: Path | None = None) -> dict:
+    """``python -m seqmnist.evaluate overrides`` in this process; eval.json's content."""
+    args = [*([f"data.root={root}"] if root is not None else []), *overrides]
+    return run(compose_config(*args, config_name="evaluate", run_dir=out))
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -94,12 +92,15 @@ def check_reports(out: Path, n: int, classes: list[str]) -> dict:
     return result
 
 
-def test_evaluate_a_checkpoint(trained_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_evaluate_a_checkpoint(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     out = tmp_path / "eval"
     ckpt = best_ckpt(trained_run)
-    proc = evaluate(f"ckpt_path={ckpt}", out=out, root=synthetic_root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with caplog.at_level(logging.INFO, logger="seqmnist.evaluate"):
+        returned = evaluate(f"ckpt_path={ckpt}", out=out, root=synthetic_root)
     result = check_reports(out, TEST_SIZE, [str(d) for d in range(10)])
+    assert returned == result
     m = result["metrics"]
     assert result["checkpoint"] == str(ckpt.resolve())
     # Unidirectional: answering after all T rows is the model's answer.
@@ -110,7 +111,7 @@ def test_evaluate_a_checkpoint(trained_run: Path, synthetic_root: Path, tmp_path
     trained = json.loads((trained_run / "metrics.json").read_text())
     assert m["accuracy"] == pytest.approx(trained["test/acc"], abs=1e-6)
     assert m["loss"] == pytest.approx(trained["test/loss"], rel=1e-4)
-    out_text = proc.stdout + proc.stderr
+    out_text = "\n".join(r.getMessage() for r in caplog.records)
     assert "test acc" in out_text and "k=28" in out_text and str(out) in out_text
     assert BIDIRECTIONAL_NOTE not in out_text
     # The confident-errors picture holds one panel per error.
@@ -126,6 +127,7 @@ def test_evaluate_a_checkpoint(trained_run: Path, synthetic_root: Path, tmp_path
     assert {"eval/confusion_matrix", "eval/anytime", "eval/confident_errors"} <= set(tags["images"])
 
 
+@pytest.mark.e2e
 def test_evaluate_a_run_dir_uses_its_best_checkpoint(
     trained_run: Path, synthetic_root: Path, tmp_path: Path
 ) -> None:
@@ -136,7 +138,6 @@ def test_evaluate_a_run_dir_uses_its_best_checkpoint(
         f"data.root={synthetic_root}",
         f"paths.log_dir={log_dir}",
         "num_errors=4",
-        cwd=PROJECT_ROOT,
         env=ONE_THREAD,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -199,7 +200,15 @@ def test_every_layout_evaluates(
 
 
 def test_no_checkpoint_given(tmp_path: Path) -> None:
-    proc = evaluate(out=tmp_path / "e")
+    with pytest.raises(CheckpointError) as err:
+        evaluate(out=tmp_path / "e")
+    assert "ckpt_path=PATH" in str(err.value)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.e2e
+def test_no_checkpoint_given_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    proc = run_module("seqmnist.evaluate", f"hydra.run.dir={tmp_path / 'e'}", env=ONE_THREAD)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2
     assert "ckpt_path=PATH" in out and "Traceback" not in out
@@ -210,21 +219,16 @@ def test_bad_checkpoint_fails_cleanly(tmp_path: Path, synthetic_root: Path, kind
     path = tmp_path / "model.ckpt"
     if kind == "text":
         path.write_text("not a model")
-    proc = evaluate(f"ckpt_path={path}", out=tmp_path / "e", root=synthetic_root)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2
-    assert str(path) in out and "Fix:" in out and "Traceback" not in out
+    with pytest.raises(CheckpointError) as err:
+        evaluate(f"ckpt_path={path}", out=tmp_path / "e", root=synthetic_root)
+    assert str(path) in str(err.value) and "Fix:" in str(err.value)
     assert not (tmp_path / "e" / "eval.json").exists()
 
 
 def test_missing_data_names_data_root(trained_run: Path, tmp_path: Path) -> None:
-    proc = evaluate(
-        f"ckpt_path={trained_run}",
-        "data.download=false",
-        out=tmp_path / "e",
-        root=tmp_path / "nodata",
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2
-    assert str(tmp_path / "nodata" / "MNIST" / "raw") in out and "data.root" in out
-    assert "Traceback" not in out
+    with pytest.raises(DataError) as err:
+        evaluate(f"ckpt_path={trained_run}", "data.download=false", out=tmp_path / "e",
+                 root=tmp_path / "nodata")  # fmt: skip
+    assert str(tmp_path / "nodata" / "MNIST" / "raw") in str(err.value)
+    assert "data.root" in str(err.value)
+    assert not (tmp_path / "e" / "eval.json").exists()

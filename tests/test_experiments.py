@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from seqmnist import results
-from seqmnist.config import validate
-
-from .conftest import PROJECT_ROOT, run_sweep
+from seqmnist.runs import experiments as ex
+from seqmnist.runs.rundir import experiment_name
+from seqmnist.training.config import validate
+from tests.helpers import PROJECT_ROOT, compose_config, run_sweep
 
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -41,12 +41,7 @@ TINY = [
 
 
 def compose_experiment(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={name}", *overrides])
-    with open_dict(cfg):  # set by Hydra at run time
-        cfg.paths.output_dir = "/tmp/seqmnist-test-out"
-        cfg.run_name = "test-run"
-    return cfg
+    return compose_config(f"experiment={name}", *overrides)
 
 
 def plain(cfg, *drop: str) -> dict:
@@ -61,11 +56,17 @@ def plain(cfg, *drop: str) -> dict:
     return out
 
 
+# The experiments, as everything else lists them: from conf/experiment/.
+NAMES = [e.name for e in ex.catalogue()]
+
+
 def test_every_experiment_file_is_covered() -> None:
-    assert sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")) == sorted(EXPECTED)
+    assert sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")) == sorted(NAMES)
+    # A new experiment needs its expectation here (what it must train on).
+    assert sorted(EXPECTED) == sorted(NAMES)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", NAMES)
 def test_experiment_composes(name: str) -> None:
     cfg = compose_experiment(name)
     validate(cfg)
@@ -90,7 +91,9 @@ def test_best_row_recipe() -> None:
 def test_fashion_row_is_best_row_on_fashion_mnist() -> None:
     best, fashion = compose_experiment("best_row"), compose_experiment("fashion_row")
     assert fashion.data.dataset == "fashion_mnist"
-    assert plain(fashion, "data.dataset", "tags") == plain(best, "data.dataset", "tags")
+    assert plain(fashion, "data.dataset", "tags", "results") == plain(
+        best, "data.dataset", "tags", "results"
+    )
 
 
 def test_pixel_experiments() -> None:
@@ -99,7 +102,9 @@ def test_pixel_experiments() -> None:
     assert pixel.optimizer.lr == 0.001 and pixel.trainer.gradient_clip_val == 1.0
     assert pixel.trainer.max_epochs == 50 and pixel.scheduler is not None
     assert permuted.data.permutation_seed == 0
-    assert plain(permuted, "data.sequence", "tags") == plain(pixel, "data.sequence", "tags")
+    assert plain(permuted, "data.sequence", "tags", "results") == plain(
+        pixel, "data.sequence", "tags", "results"
+    )
     # GPU runs are one override away.
     assert compose_experiment("smnist_lstm", "trainer=gpu").trainer.accelerator == "gpu"
 
@@ -108,7 +113,7 @@ def test_pixel_experiments() -> None:
 def experiment_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All experiments, a few steps each, as one multirun like ``make results`` runs them."""
     sweep = tmp_path_factory.mktemp("experiments") / "sweep"
-    proc = run_sweep(f"experiment={','.join(EXPECTED)}", *TINY, root=synthetic_root,
+    proc = run_sweep(f"experiment={','.join(NAMES)}", *TINY, root=synthetic_root,
                      sweep_dir=sweep)  # fmt: skip
     # Per-experiment failures are reported by the tests below, with each job's own error.
     assert (sweep / "results.md").is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -116,11 +121,12 @@ def experiment_sweep(synthetic_root: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def job_of(sweep: Path, name: str) -> Path:
-    (job,) = [j for j in sweep.iterdir() if j.is_dir() and results.experiment_name(j) == name]
+    (job,) = [j for j in sweep.iterdir() if j.is_dir() and experiment_name(j) == name]
     return job
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", NAMES)
 def test_experiment_runs_end_to_end(experiment_sweep: Path, name: str) -> None:
     job = job_of(experiment_sweep, name)
     metrics = json.loads((job / "metrics.json").read_text())
@@ -136,18 +142,63 @@ def test_experiment_runs_end_to_end(experiment_sweep: Path, name: str) -> None:
         assert resolved["data"]["permutation_seed"] == 0
 
 
+@pytest.mark.e2e
 def test_results_table_from_the_experiment_sweep(experiment_sweep: Path, tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Results\n\n{results.START}\nold\n{results.END}\n\nafter\n")
+    start, end = ex.RESULTS_MARKERS
+    readme.write_text(f"# x\n\n## Results\n\n{start}\nold\n{end}\n\nafter\n")
     code = results.main([str(experiment_sweep), "--readme", str(readme)])
     assert code == 0
     text = readme.read_text()
-    assert "old" not in text and text.endswith(f"{results.END}\n\nafter\n")
-    for name in EXPECTED:
+    assert "old" not in text and text.endswith(f"{end}\n\nafter\n")
+    for name in NAMES:
         row = [ln for ln in text.splitlines() if ln.startswith(f"| `{name}` |")]
         assert len(row) == 1, name
-        assert results.describe_experiment(name) in row[0]
+        assert ex.describe_experiment(name) in row[0]
         assert "1 (0)" in row[0]  # one run, seed 0
         assert "(part of the test set)" in row[0]  # trainer.limit_test_batches=1
-    assert (experiment_sweep / results.MD_NAME).is_file()
-    assert (experiment_sweep / results.CSV_NAME).is_file()
+    assert (experiment_sweep / ex.MD_NAME).is_file()
+    assert (experiment_sweep / ex.CSV_NAME).is_file()
+
+
+def test_make_results_runs_the_experiments_marked_to_run(capsys: pytest.CaptureFixture) -> None:
+    assert results.main(["--list"]) == 0
+    listed = capsys.readouterr().out.strip().split(",")
+    assert listed == [e.name for e in ex.catalogue() if e.run]
+    # The CPU recipes of the table; fast99 is `make bench-accuracy`'s, the pixel ones need a GPU.
+    assert "best_row" in listed and "fast99" not in listed and "smnist_lstm" not in listed
+    assert "seqmnist.results --list" in (PROJECT_ROOT / "Makefile").read_text()
+
+
+def test_readme_lists_every_experiment() -> None:
+    text = (PROJECT_ROOT / "README.md").read_text()
+    start, end = ex.CATALOGUE_MARKERS
+    block = text.split(start + "\n", 1)[1].split(end, 1)[0]
+    assert block.strip() == ex.catalogue_markdown(ex.catalogue()).strip()
+    for name in NAMES:
+        assert f"| `{name}` |" in block
+
+
+def test_catalogue_rewrites_the_readme_block(tmp_path: Path) -> None:
+    start, end = ex.CATALOGUE_MARKERS
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{start}\nstale\n{end}\nrest\n")
+    assert results.main(["--catalogue", str(readme)]) == 0
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith(f"{end}\nrest\n")
+    assert all(f"| `{n}` |" in text for n in NAMES)
+
+
+def test_an_experiment_without_its_results_block_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("# @package _global_\n# A.\nlayers: 1\n")
+    with pytest.raises(ex.ExperimentError, match=r"a\.yaml has no complete 'results:' block"):
+        ex.catalogue(tmp_path)
+    (tmp_path / "a.yaml").write_text(
+        "# A.\nresults:\n  order: 2\n  run: false\n  target: 0.9\n  reference: null\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        "# B.\nresults:\n  order: 1\n  run: true\n  target: null\n  reference: x\n"
+    )
+    b, a = ex.catalogue(tmp_path)
+    assert (b.name, b.run, b.target, b.reference, b.what) == ("b", True, None, "x", "B.")
+    assert (a.name, a.order, a.target) == ("a", 2, 0.9)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
-from .conftest import FAST, PROJECT_ROOT, run_module, run_sweep
+from tests.helpers import CONFIG_DIR, FAST, run_module, run_sweep
 
 
 def completed_jobs(sweep_dir: Path) -> list[dict]:
@@ -18,6 +19,7 @@ def completed_jobs(sweep_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_optuna_search_runs_trials_and_records_the_best(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
@@ -25,7 +27,7 @@ def test_optuna_search_runs_trials_and_records_the_best(
     # As documented: no -m needed, the search config switches Hydra to multirun itself.
     proc = run_module("seqmnist.train", f"data.root={synthetic_root}", f"hydra.sweep.dir={out}",
                       *FAST, "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-                      cwd=PROJECT_ROOT)  # fmt: skip
+                      )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = completed_jobs(out)
     assert len(jobs) == 3
@@ -36,6 +38,7 @@ def test_optuna_search_runs_trials_and_records_the_best(
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_joblib_runs_two_jobs_with_split_threads(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "joblib"
     proc = run_sweep("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "cell=lstm,gru",
@@ -47,6 +50,7 @@ def test_joblib_runs_two_jobs_with_split_threads(synthetic_root: Path, tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_submitit_local_runs_one_job(synthetic_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "submitit"
     proc = run_sweep("hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
@@ -58,8 +62,8 @@ def test_submitit_local_runs_one_job(synthetic_root: Path, tmp_path: Path) -> No
 
 def test_slurm_launcher_config_composes() -> None:
     args = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.mem_gb=64"]
-    proc = run_module("seqmnist.train", *args, "--cfg", "hydra", cwd=PROJECT_ROOT)
-    assert proc.returncode == 0, proc.stderr
-    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
-    assert launcher["partition"] == "gpu" and launcher["mem_gb"] == 64
-    assert launcher["timeout_min"] == 60 and "submitit" in launcher["_target_"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=args, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher.partition == "gpu" and launcher.mem_gb == 64
+    assert launcher.timeout_min == 60 and "submitit" in launcher._target_

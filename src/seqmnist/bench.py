@@ -42,9 +42,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from seqmnist.data import SeqMNISTDataModule, SequenceDataset, default_data_root
+from seqmnist.lightning_internals import quiet_console
 from seqmnist.machine import skip_nvml_probe_without_nvml
-from seqmnist.module import SeqClassifier
-from seqmnist.nets import RecurrentClassifier
+from seqmnist.models import RecurrentClassifier, SeqClassifier
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -285,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.accelerator == "gpu" and not torch.cuda.is_available():
         parser.error("--accelerator gpu: no CUDA device is visible to torch on this machine")
     skip_nvml_probe_without_nvml()
+    quiet_console()
 
     pool = CONFIGS + SWITCHES if args.switches else CONFIGS
     wanted = args.configs or [c.name for c in pool]

@@ -29,9 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seqmnist.checkpoint import LoadedCheckpoint, load_checkpoint
-from seqmnist.errors import SeqMNISTError
-from seqmnist.preprocess import (
+from seqmnist.data.images import (
     IMAGE_SUFFIXES,
     BlankImageError,
     ImageInputError,
@@ -39,6 +37,8 @@ from seqmnist.preprocess import (
     load_image,
     mnist_like,
 )
+from seqmnist.errors import SeqMNISTError
+from seqmnist.runs.checkpoints import LoadedCheckpoint, load_checkpoint
 
 
 def expand_inputs(args: list[str]) -> list[tuple[str, Path | ImageInputError]]:

@@ -1,12 +1,12 @@
 """Train, then test the best checkpoint: ``python -m seqmnist.train [overrides]``.
 
-Compose the config, build data module, model, callbacks, loggers and Trainer with
-``hydra.utils.instantiate``, fit, test on the full test set, and write ``metrics.json``.
+Compose the config, check it, build data module, model, callbacks, loggers and Trainer
+with ``hydra.utils.instantiate``, fit, test on the full test set, and write the run
+directory's ``metrics.json``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -19,70 +19,36 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from seqmnist.checkpoint import read_checkpoint
-from seqmnist.config import validate
 from seqmnist.errors import SeqMNISTError
-from seqmnist.faults import resume_config, sigint_as_sigterm
 from seqmnist.machine import describe as describe_machine
 from seqmnist.machine import skip_nvml_probe_without_nvml
-from seqmnist.nets import count_parameters
+from seqmnist.models import count_parameters, describe
+from seqmnist.runs.checkpoints import read_checkpoint
+from seqmnist.runs.resume import resume_config
+from seqmnist.runs.rundir import (
+    METRICS_FILE,
+    RESOLVED_CONFIG,
+    record_status,
+    run_settings,
+    write_metrics,
+)
+from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
+from seqmnist.training.config import validate
+from seqmnist.training.faults import sigint_as_sigterm
 
 log = logging.getLogger("seqmnist.train")
 
-# Our data module restores the position in the epoch itself (see seqmnist.faults).
+# Our data module restores the position in the epoch itself (see seqmnist.data.datamodule).
 warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+# Every run has a directory of its own, so its checkpoint folder holds files only when the
+# run is being resumed: that is the point, not a problem worth a warning.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-
-
-def build(node: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, re-raising our own user errors unwrapped.
-
-    Hydra wraps anything a constructor raises in ``InstantiationException``; a bad value
-    caught by one of our constructors should still read as one clear message.
-    """
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, SeqMNISTError):
-            raise e.__cause__ from None
-        raise
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a callbacks/logger group (null entries skipped)."""
-    if not group:
-        return []
-    return [build(node) for node in group.values() if node and "_target_" in node]
-
-
-def run_hparams(cfg: DictConfig, params: int) -> dict[str, Any]:
-    """The flat settings that tell runs apart (TensorBoard's HParams tab, reports)."""
-    sched = OmegaConf.select(cfg, "scheduler.scheduler._target_")
-    return {
-        "cell": cfg.model.net.cell,
-        "layers": cfg.layers,
-        "hidden": cfg.hidden,
-        "dropout": cfg.dropout,
-        "bidirectional": cfg.bidirectional,
-        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1],
-        "lr": cfg.optimizer.lr,
-        "scheduler": sched.rsplit(".", 1)[-1] if sched else "none",
-        "batch_size": cfg.data.batch_size,
-        "dataset": cfg.data.dataset,
-        "sequence": cfg.data.sequence,
-        "seed": cfg.seed,
-        "max_epochs": cfg.trainer.max_epochs,
-        "gradient_clip_val": cfg.trainer.gradient_clip_val or 0.0,
-        "params": params,
-    }
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -120,15 +86,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.get("compile"):
         model.net.compile()
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    if not cfg.trainer.get("enable_progress_bar", True):
-        # Lightning refuses a progress-bar callback when the bar is switched off.
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    loggers = build_group(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks=build_callbacks(cfg), logger=loggers or False)
 
-    params = count_parameters(model)
-    hparams = run_hparams(cfg, params)
+    hparams = {**run_settings(cfg), "params": count_parameters(model)}
     for lg in trainer.loggers:
         lg.log_hyperparams(hparams)
 
@@ -139,9 +100,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         out.mkdir(parents=True, exist_ok=True)
         # .hydra/config.yaml keeps interpolations; this is what the run actually used.
-        OmegaConf.save(cfg, out / "resolved_config.yaml", resolve=True)
+        OmegaConf.save(cfg, out / RESOLVED_CONFIG, resolve=True)
         # Replaced at the end; a report of a sweep in progress shows this job as running.
-        (out / "metrics.json").write_text(json.dumps(metrics) + "\n")
+        write_metrics(out, metrics)
 
     started = time.perf_counter()
     if cfg.get("train", True):
@@ -156,7 +117,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
     metrics["best_ckpt"] = best_path or None
     if cfg.get("test", True):
-        # Our checkpoints hold only tensors and plain values: no unpickling of objects.
         results = trainer.test(
             model,
             datamodule=datamodule,
@@ -168,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics["status"] = "completed"
 
     if trainer.is_global_zero:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(out, metrics)
         log.info(summary_line(metrics))
     return metrics
 
@@ -177,24 +137,14 @@ def summary_line(m: dict[str, Any]) -> str:
     def pct(key: str) -> str:
         return f"{100 * m[key]:.2f}%" if m.get(key) is not None else "n/a"
 
+    net = {"cell": m["cell"], "num_layers": m["layers"], "hidden_size": m["hidden"],
+           "bidirectional": m.get("bidirectional")}  # fmt: skip
     return (
-        f"{m['cell']} {m['layers']}x{m['hidden']} {m['optimizer']} lr={m['lr']:g} "
+        f"{describe(net)} {m['optimizer']} lr={m['lr']:g} "
         f"| params {m['params']:,} | val_acc_best {pct('val/acc_best')} "
         f"| test_acc {pct('test/acc')} "
         f"| epochs {m['epochs']} | {m['train_seconds']:.1f} s"
     )
-
-
-def record_failure(cfg: DictConfig, error: BaseException | str, status: str = "failed") -> None:
-    """Mark the run failed in its own ``metrics.json`` so sweeps and reports can see why."""
-    try:
-        out = output_dir(cfg)
-        out.mkdir(parents=True, exist_ok=True)
-        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        record = {"status": status, "error": reason}
-        (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-    except Exception:  # never hide the original error behind a bookkeeping one
-        log.exception("could not write metrics.json for the failed run")
 
 
 def interrupted(cfg: DictConfig, stop: sigint_as_sigterm) -> int:
@@ -207,46 +157,52 @@ def interrupted(cfg: DictConfig, stop: sigint_as_sigterm) -> int:
     else:
         hint = "it stopped before its first checkpoint, so there is nothing to resume"
     message = f"stopped by {name}; {hint}"
-    if (out / "metrics.json").exists():
-        record_failure(cfg, message, status="interrupted")
+    if (out / METRICS_FILE).exists():
+        record_status(out, message, status="interrupted")
     log.error(message)
     return stop.exit_code
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``val/acc_best`` for sweepers to optimise.
+def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, float | None]:
+    """One job, as the command runs it: ``(exit status, val/acc_best)``.
 
-    In a single run a user error (bad value, missing data) prints one message and exits
-    with status 2. In a multirun a failing job is recorded as failed in its own directory
-    and returns NaN, so the other jobs of the sweep still run. SIGTERM or Ctrl+C stops
-    after the current batch with a checkpoint and exits 143 / 130 (a sweep stops too).
+    In a single run a user error (bad value, missing data) logs one message and gives
+    status 2. In a multirun a failing job is recorded as failed in its own directory and
+    gives NaN, so the other jobs of the sweep still run. SIGTERM or Ctrl+C stops after the
+    current batch with a checkpoint and gives 143 / 130.
     """
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     with sigint_as_sigterm() as stop:
         try:
             if cfg.get("resume"):
-                resumed = resume_config(cfg, list(HydraConfig.get().overrides.task))
+                resumed = resume_config(cfg, overrides)
                 read_checkpoint(Path(resumed.ckpt_path))  # a corrupt file: one clear message
                 cfg = resumed  # from here on, failures are recorded in the resumed run's dir
             metrics = train(cfg)
         except SIGTERMException:
-            sys.exit(interrupted(cfg, stop))
+            return interrupted(cfg, stop), None
         except Exception as e:
             # A job that got as far as starting (metrics.json exists) is marked failed; a
             # config rejected up front leaves nothing behind in a single run.
-            if multirun or (output_dir(cfg) / "metrics.json").exists():
-                record_failure(cfg, e)
+            if multirun or (output_dir(cfg) / METRICS_FILE).exists():
+                record_status(output_dir(cfg), e)
             if isinstance(e, SeqMNISTError):
                 log.error(str(e))
-                if not multirun:
-                    sys.exit(e.EXIT_CODE)
-            elif not multirun:
+                return (0 if multirun else e.EXIT_CODE), float("nan")
+            if not multirun:
                 raise
-            else:
-                log.exception("job failed; the sweep goes on")
-            return float("nan")
-    return metrics.get("val/acc_best")
+            log.exception("job failed; the sweep goes on")
+            return 0, float("nan")
+    return 0, metrics.get("val/acc_best")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``val/acc_best`` for sweepers to optimise."""
+    hydra_cfg = HydraConfig.get()
+    status, value = run(cfg, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
+    if status:
+        sys.exit(status)
+    return value
 
 
 if __name__ == "__main__":

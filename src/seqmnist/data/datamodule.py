@@ -1,0 +1,244 @@
+"""MNIST-style data as sequences: IDX files -> in-memory tensors -> (B, T, F) batches.
+
+Each split is read once into one float tensor already laid out as a sequence, and a
+batch is a single fancy-index into it (``__getitems__``), so no per-sample Python or
+PIL work happens on the training path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from seqmnist.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
+from seqmnist.data import idx
+from seqmnist.data.idx import DATASETS, PIXELS, default_data_root, load_split, missing_files
+from seqmnist.data.sampler import ResumableSampler
+from seqmnist.data.sequences import (
+    SEQUENCE_MODES,
+    check_step_pixels,
+    permutation,
+    step_size,
+    to_inputs,
+)
+from seqmnist.errors import ConfigError
+from seqmnist.lightning_internals import batches_done_this_epoch
+
+# The data module's arguments that a config may get wrong (``data.<name>`` in conf/data/).
+RULES: dict[str, Rule] = {
+    "dataset": one_of(DATASETS, "choose with data=NAME"),
+    "sequence": one_of(SEQUENCE_MODES, ordered=True),
+    "batch_size": int_at_least(1),
+    "eval_batch_size": int_at_least(1),
+    "val_size": int_at_least(1),
+    "num_workers": int_at_least(0),
+    "device_resident": OPTIONAL_BOOLEAN,
+}
+
+
+def check_arguments(values: dict[str, Any]) -> None:
+    """Every data argument in ``values`` against its rule, named as ``data.<name>``."""
+    check_all(RULES, values, prefix="data.")
+    check_step_pixels(values.get("sequence", "row"), values.get("step_pixels", 28))
+
+
+class SequenceDataset(Dataset):
+    """Whole-batch indexing over in-memory tensors.
+
+    The DataLoader's fetcher calls ``__getitems__`` with a batch of indices, so a batch
+    costs one gather instead of ``batch_size`` Python calls and a collate.
+    """
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.inputs = inputs
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return self.targets.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inputs[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Indices on the data's device: a device-resident split is gathered there.
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.inputs.device)
+        return self.inputs[index], self.targets[index]
+
+
+def keep_batch(batch: Any) -> Any:
+    """Collate for :class:`SequenceDataset`: the batch is already stacked."""
+    return batch
+
+
+class SeqMNISTDataModule(L.LightningDataModule):
+    """MNIST or Fashion-MNIST read as sequences, with a seeded train/val split.
+
+    The train file is split into ``N - val_size`` training and ``val_size`` validation
+    images with a generator seeded by ``split_seed`` (fixed by default so every run of a
+    sweep validates on the same images); the test split is the full official test set.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        root: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 42,
+        sequence: str = "row",
+        step_pixels: int = 28,
+        permutation_seed: int = 0,
+        download: bool = True,
+        num_workers: int = 0,
+        shuffle_seed: int = 0,
+        device_resident: bool = False,
+    ) -> None:
+        super().__init__()
+        check_arguments(
+            {
+                "dataset": dataset,
+                "sequence": sequence,
+                "step_pixels": step_pixels,
+                "batch_size": batch_size,
+                "eval_batch_size": eval_batch_size,
+                "val_size": val_size,
+                "num_workers": num_workers,
+                "device_resident": device_resident,
+            }
+        )
+        self.save_hyperparameters(logger=False)
+        self.dataset = dataset
+        self.root = str(root) if root else default_data_root()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.sequence = sequence
+        self.step_pixels = step_pixels
+        self.class_names = DATASETS[dataset][1]
+        self.permutation = permutation(permutation_seed) if sequence == "permuted" else None
+        self.train_set: SequenceDataset | None = None
+        self.val_set: SequenceDataset | None = None
+        self.test_set: SequenceDataset | None = None
+        # Where a restored checkpoint left off in the training order: (epoch, samples done).
+        self._resume_at: tuple[int, int] | None = None
+
+    # -- shape facts the network is built from ---------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_size(self) -> int:
+        """Features per time step."""
+        return step_size(self.sequence, self.step_pixels)
+
+    @property
+    def seq_len(self) -> int:
+        return PIXELS // self.input_size
+
+    # -- Lightning hooks -------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download through torchvision when files are missing (no-op when present)."""
+        if not missing_files(self.root, self.dataset):
+            return
+        reason = "downloads are off (data.download=false)"
+        if self.hparams.download:
+            try:
+                idx.download(self.root, self.dataset)
+                if not missing_files(self.root, self.dataset):
+                    return
+            except Exception as e:  # network errors come in many types; all mean the same here
+                reason = f"the download failed: {' '.join(str(e).split())[:300]}"
+        raise idx.data_not_found(self.root, self.dataset, reason)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            images, labels = load_split(self.root, self.dataset, "train")
+            n_val = self.hparams.val_size
+            if n_val >= len(labels):
+                raise ConfigError(
+                    f"data.val_size={n_val} leaves no training images "
+                    f"(the train file has {len(labels)})"
+                )
+            order = torch.randperm(
+                len(labels), generator=torch.Generator().manual_seed(self.hparams.split_seed)
+            )
+            inputs = self.to_inputs(images)
+            self.val_set = self._placed(inputs[order[:n_val]], labels[order[:n_val]])
+            self.train_set = self._placed(inputs[order[n_val:]], labels[order[n_val:]])
+        if stage in (None, "test", "predict") and self.test_set is None:
+            images, labels = load_split(self.root, self.dataset, "test")
+            self.test_set = self._placed(self.to_inputs(images), labels)
+
+    def _placed(self, inputs: torch.Tensor, targets: torch.Tensor) -> SequenceDataset:
+        """With ``device_resident``, the split moves to the Trainer's device once (on a GPU,
+        ~200 MB for MNIST) and batches are gathered there: no copy per step."""
+        if self.hparams.device_resident and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            inputs, targets = inputs.to(device), targets.to(device)
+        return SequenceDataset(inputs, targets)
+
+    def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 28, 28) -> float sequences in [0, 1], laid out as this module reads."""
+        return to_inputs(images, self.sequence, self.step_pixels, self.permutation)
+
+    def _loader(
+        self, ds: SequenceDataset | None, batch_size: int, sampler: Sampler | None = None
+    ) -> DataLoader:
+        if ds is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=keep_batch,
+            num_workers=self.hparams.num_workers,
+            # A private generator: making an iterator then draws nothing from the global RNG,
+            # so validation passes cannot shift dropout masks (and resumed runs match).
+            generator=torch.Generator().manual_seed(self.hparams.shuffle_seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        sampler = ResumableSampler(len(self.train_set), seed=self.hparams.shuffle_seed)
+        if self._resume_at is not None:
+            sampler.resume_at(*self._resume_at)
+            self._resume_at = None
+        return self._loader(self.train_set, self.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # Saved in every checkpoint: the permutation is part of the model's input contract, and
+    # the position in the shuffled order lets a mid-epoch checkpoint resume exactly.
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"permutation": self.permutation}
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            done = batches_done_this_epoch(trainer)
+            if done >= trainer.num_training_batches:  # epoch finished: next one from the start
+                state["train_position"] = (trainer.current_epoch + 1, 0)
+            else:
+                state["train_position"] = (trainer.current_epoch, done * self.batch_size)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("permutation") is not None:
+            self.permutation = state_dict["permutation"]
+        position = state_dict.get("train_position")
+        trainer = self.trainer
+        if position is not None and trainer is not None and trainer.world_size > 1:
+            # Lightning wraps the sampler to split it across ranks; an offset would skip the
+            # wrong samples, so a multi-process resume restarts the interrupted epoch.
+            position = (position[0], 0)
+        self._resume_at = tuple(position) if position is not None else None

@@ -1,0 +1,144 @@
+"""The recurrent classifier: a stacked RNN/LSTM/GRU reads the sequence, a linear head reads
+its last step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqmnist.checks import BOOLEAN, Rule, check_all, int_at_least, number, one_of
+from seqmnist.errors import ConfigError
+from seqmnist.models import cpu_gru
+
+CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CPU_KERNELS = ("native", "fused")
+
+# The network's arguments that a config may get wrong. The config check names them by the
+# short keys users type (see seqmnist.training.config.SHORT_KEYS).
+RULES: dict[str, Rule] = {
+    "cell": one_of(CELLS, "choose with cell=NAME"),
+    "num_layers": int_at_least(1),
+    "hidden_size": int_at_least(1),
+    "dropout": number(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "bidirectional": BOOLEAN,
+}
+
+
+def check_cpu_kernel(cell: str, cpu_kernel: str) -> None:
+    """``fused`` exists for the GRU only."""
+    if cpu_kernel not in CPU_KERNELS or (cpu_kernel == "fused" and cell != "gru"):
+        raise ConfigError(
+            f"model.net.cpu_kernel={cpu_kernel!r} is not allowed with cell={cell}; it must be "
+            "'native', or 'fused' (cell=gru only: seqmnist.models.cpu_gru's CPU training pass)"
+        )
+
+
+def describe(net: dict) -> str:
+    """The one short description of a network's settings, e.g. ``lstm 1x128`` or
+    ``gru 2x64 bidirectional`` (RecurrentClassifier keyword arguments; defaults as there)."""
+    bi = " bidirectional" if net.get("bidirectional") else ""
+    return f"{net.get('cell', 'lstm')} {net.get('num_layers', 1)}x{net.get('hidden_size', 128)}{bi}"
+
+
+class RecurrentClassifier(nn.Module):
+    """Stacked ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (cuDNN kernels on CUDA) + linear head.
+
+    ``dropout`` acts between stacked layers (inside the cuDNN module) and on the features
+    fed to the head, like the TF tutorials' output-dropout wrapper. For a bidirectional
+    net the head sees the forward direction's last step and the backward direction's
+    last step (which is time step 0), i.e. both directions after reading everything.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 28,
+        num_classes: int = 10,
+        cell: str = "lstm",
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        forget_bias: float = 1.0,
+        nonlinearity: str = "tanh",
+        cpu_kernel: str = "native",
+    ) -> None:
+        super().__init__()
+        check_all(
+            RULES,
+            {
+                "cell": cell,
+                "num_layers": num_layers,
+                "hidden_size": hidden_size,
+                "dropout": dropout,
+                "bidirectional": bidirectional,
+            },
+        )
+        check_cpu_kernel(cell, cpu_kernel)
+        self.cpu_kernel = cpu_kernel
+        kwargs = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+        self.cell = cell
+        self.bidirectional = bidirectional
+        self.rnn = CELLS[cell](
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            # nn.RNNBase warns when asked for inter-layer dropout with one layer.
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+            **kwargs,
+        )
+        self.head_dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        if cell == "lstm":
+            self._init_forget_bias(forget_bias)
+
+    def _init_forget_bias(self, value: float) -> None:
+        # PyTorch gate order is (input, forget, cell, output) and the cell adds two biases,
+        # so the forget slice of b_ih carries the value and b_hh's is zeroed: b_ih + b_hh = value.
+        h = self.rnn.hidden_size
+        with torch.no_grad():
+            for name, param in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    param[h : 2 * h].fill_(value)
+                elif name.startswith("bias_hh"):
+                    param[h : 2 * h].zero_()
+
+    def sequence_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last layer's output at every step, ``(B, T, H * directions)``."""
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no reduced-precision LSTM kernel on most CPUs ("could not create a
+            # primitive descriptor"), so under CPU bf16/fp16 autocast the recurrence stays
+            # float32 and only the head runs in low precision.
+            with torch.autocast("cpu", enabled=False):
+                out, _ = self.rnn(x.float())
+            return out
+        if self.cpu_kernel == "fused" and cpu_gru.usable(self.rnn, x):
+            return cpu_gru.gru_train_forward(self.rnn, x)
+        out, _ = self.rnn(x)
+        return out
+
+    def final_features(self, out: torch.Tensor) -> torch.Tensor:
+        """Features after the whole sequence, from :meth:`sequence_features`' output."""
+        if not self.bidirectional:
+            return out[:, -1]
+        h = self.rnn.hidden_size
+        return torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T, F)`` sequences -> ``(B, num_classes)`` logits."""
+        return self.head(self.head_dropout(self.final_features(self.sequence_features(x))))
+
+    def step_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits the head gives after each step, ``(B, T, num_classes)``.
+
+        For a unidirectional net step k's logits use only the first k+1 steps of input
+        (the 'anytime' answer). The bidirectional backward half has read the whole
+        sequence at every step, so there it is not an early answer.
+        """
+        return self.head(self.head_dropout(self.sequence_features(x)))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

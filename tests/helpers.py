@@ -1,0 +1,218 @@
+"""Helpers shared by the tests: tiny synthetic datasets in torchvision's raw IDX layout, the
+config composed in-process as the command composes it, tiny trained checkpoints, digit
+pictures, and (for the e2e tests) the entry points run in a subprocess as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image, ImageDraw
+
+from seqmnist.data import SeqMNISTDataModule
+from seqmnist.models import SeqClassifier
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(PROJECT_ROOT / "conf")
+REAL_DATA_ROOT = Path(
+    os.environ.get("SEQMNIST_DATA_ROOT") or PROJECT_ROOT.parent / "shared" / "data"
+)
+
+# Overrides that make a training run take seconds on the synthetic data.
+FAST = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=5",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "callbacks.model_summary=null",
+    "data.batch_size=32",
+    "data.eval_batch_size=100",
+    "data.val_size=100",
+    "hidden=16",
+]
+# Tiny tensors gain nothing from a second thread, and on a busy 2-core machine the thread
+# barriers of every one of 784 recurrent steps can cost seconds each.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+# -- data ---------------------------------------------------------------------------------
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (big-endian header: magic, then each dimension)."""
+    magic = 0x0800 | array.ndim
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable rule: class c lights up rows 2c+3 and 2c+4 of a noisy image."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 2 * c + 3 : 2 * c + 5, 4:24] = 255
+    return images, labels
+
+
+def write_dataset(root: Path, folder: str = "MNIST", n_train: int = 600, n_test: int = 200) -> Path:
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = make_images(n, seed)
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
+    return root
+
+
+# -- configs composed in-process ----------------------------------------------------------
+def compose_config(
+    *overrides: str, config_name: str = "train", run_dir: Path | None = None
+) -> DictConfig:
+    """The config ``python -m seqmnist.<command> overrides`` would run with, composed with
+    Hydra's compose API (as the lightning-hydra-template's tests do).
+
+    Hydra's runtime facts (``${hydra:...}``: the chosen groups in the run name) resolve
+    through the HydraConfig singleton; ``paths.output_dir`` is ``run_dir``.
+    """
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # what a running app sees: Hydra's own node is not part of it
+        cfg.paths.output_dir = str(run_dir or "/tmp/seqmnist-test-out")
+    return cfg
+
+
+def train_in_process(root: Path, run_dir: Path, *overrides: str) -> dict[str, Any]:
+    """``python -m seqmnist.train`` with the FAST settings, in this process; its metrics."""
+    from seqmnist.train import train
+
+    cfg = compose_config(f"data.root={root}", *FAST, *overrides, run_dir=run_dir)
+    return train(cfg)
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    """A private copy of a finished run, for a test that changes or resumes it."""
+    shutil.copytree(run_dir, to)
+    return to
+
+
+def metrics_of(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def best_ckpt(run_dir: Path) -> Path:
+    """The best checkpoint of a run, by the name metrics.json gives (the run may be a copy)."""
+    return run_dir / "checkpoints" / Path(metrics_of(run_dir)["best_ckpt"]).name
+
+
+def make_checkpoint(
+    path: Path,
+    root: Path,
+    cell: str = "lstm",
+    layers: int = 1,
+    bidirectional: bool = False,
+    dataset: str = "mnist",
+    sequence: str = "row",
+    hidden: int = 8,
+    **dm_kwargs: Any,
+) -> Path:
+    """A real Lightning checkpoint (Trainer.save_checkpoint) after two training steps."""
+    L.seed_everything(0, verbose=False)
+    dm = SeqMNISTDataModule(
+        dataset=dataset,
+        root=str(root),
+        sequence=sequence,
+        batch_size=50,
+        eval_batch_size=100,
+        val_size=100,
+        download=False,
+        **dm_kwargs,
+    )
+    model = SeqClassifier(
+        net={
+            "cell": cell,
+            "hidden_size": hidden,
+            "num_layers": layers,
+            "bidirectional": bidirectional,
+        },
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01},
+        input_size=dm.input_size,
+        num_classes=dm.num_classes,
+        class_names=dm.class_names,
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=path.parent,
+    )
+    trainer.fit(model, datamodule=dm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def drawn_digit(size: int = 28) -> np.ndarray:
+    """A hand-drawn-looking '7', white on black like MNIST, as uint8 ``(size, size)``."""
+    big = Image.new("L", (140, 140), 0)
+    d = ImageDraw.Draw(big)
+    d.line([(35, 30), (105, 30), (60, 115)], fill=255, width=14, joint="curve")
+    d.line([(55, 72), (90, 72)], fill=255, width=10)
+    return np.asarray(big.resize((size, size), Image.Resampling.LANCZOS))
+
+
+class SlowSteps(L.Callback):
+    """Makes each training step take at least ``seconds``, so a test can signal mid-epoch.
+    Added to a run with ``+callbacks.slow._target_=tests.helpers.SlowSteps``."""
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        time.sleep(self.seconds)
+
+
+# -- e2e: the commands as a user runs them ------------------------------------------------
+def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a user's shell: unbuffered output, no HYDRA_FULL_ERROR tracebacks."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra or {})}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_module(
+    module: str, *args: str, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run ``python -m module args`` in ``cwd`` the way a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=user_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_sweep(*args: str, root: Path, sweep_dir: Path) -> subprocess.CompletedProcess:
+    """``python -m seqmnist.train -m`` over tiny data into ``sweep_dir`` (``-m`` goes first)."""
+    return run_module("seqmnist.train", "-m", f"data.root={root}", f"hydra.sweep.dir={sweep_dir}",
+                      *FAST, *args, env=ONE_THREAD)  # fmt: skip

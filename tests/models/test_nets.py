@@ -1,0 +1,97 @@
+"""RecurrentClassifier: shapes for every cell and layout, dropout, forget bias, final step."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from seqmnist.errors import ConfigError
+from seqmnist.models.nets import RecurrentClassifier, count_parameters
+
+
+@pytest.mark.parametrize(
+    ("cell", "layers", "bidirectional"),
+    list(itertools.product(["rnn", "lstm", "gru"], [1, 2, 3], [False, True])),
+)
+def test_logits_shape(cell: str, layers: int, bidirectional: bool) -> None:
+    net = RecurrentClassifier(
+        28,
+        10,
+        cell=cell,
+        hidden_size=8,
+        num_layers=layers,
+        dropout=0.1,
+        bidirectional=bidirectional,
+    )
+    out = net(torch.randn(5, 28, 28))
+    assert out.shape == (5, 10)
+    assert net.step_logits(torch.randn(5, 28, 28)).shape == (5, 28, 10)
+
+
+def test_other_input_sizes() -> None:
+    net = RecurrentClassifier(input_size=1, num_classes=10, hidden_size=8)
+    assert net(torch.randn(2, 784, 1)).shape == (2, 10)
+
+
+def test_dropout_only_in_training() -> None:
+    torch.manual_seed(0)
+    net = RecurrentClassifier(28, 10, cell="gru", hidden_size=16, num_layers=2, dropout=0.5)
+    x = torch.randn(4, 28, 28)
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
+
+
+def test_lstm_forget_bias() -> None:
+    net = RecurrentClassifier(28, 10, cell="lstm", hidden_size=6, num_layers=2, forget_bias=1.0)
+    for layer in range(2):
+        total = getattr(net.rnn, f"bias_ih_l{layer}") + getattr(net.rnn, f"bias_hh_l{layer}")
+        assert torch.allclose(total[6:12], torch.ones(6))
+        assert not torch.allclose(total[:6], torch.ones(6))
+
+
+def test_bidirectional_head_reads_both_final_states() -> None:
+    torch.manual_seed(0)
+    net = RecurrentClassifier(
+        28, 10, cell="gru", hidden_size=8, num_layers=2, bidirectional=True
+    ).eval()
+    x = torch.randn(3, 28, 28)
+    _, h_n = net.rnn(x)
+    expected = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # last layer: forward, backward
+    assert torch.allclose(net.final_features(net.sequence_features(x)), expected, atol=1e-6)
+
+
+def test_unidirectional_last_step_is_forward_output() -> None:
+    net = RecurrentClassifier(28, 10, cell="lstm", hidden_size=8).eval()
+    x = torch.randn(3, 28, 28)
+    assert torch.allclose(net.step_logits(x)[:, -1], net(x), atol=1e-6)
+    # Step k only depends on the first k+1 rows.
+    y = x.clone()
+    y[:, 10:] = 0
+    assert torch.allclose(net.step_logits(x)[:, :10], net.step_logits(y)[:, :10], atol=1e-6)
+
+
+def test_rnn_is_tanh_and_counts_params() -> None:
+    net = RecurrentClassifier(28, 10, cell="rnn", hidden_size=128)
+    assert net.rnn.nonlinearity == "tanh"
+    # W_ih + W_hh + 2 biases, then the head.
+    assert count_parameters(net) == 128 * 28 + 128 * 128 + 2 * 128 + 128 * 10 + 10
+
+
+def test_unknown_cell() -> None:
+    # The same error type and rule as the config check (a user error, not a bug).
+    with pytest.raises(ConfigError, match=r"cell='transformer' is not allowed.*cell=NAME"):
+        RecurrentClassifier(cell="transformer")
+
+
+def test_compiled_net_matches_eager_and_keeps_its_state_dict_keys() -> None:
+    torch.manual_seed(0)
+    net = RecurrentClassifier(28, 10, cell="lstm", hidden_size=16).eval()
+    x = torch.randn(4, 28, 28)
+    keys, eager = list(net.state_dict()), net(x)
+    net.compile()  # what `compile=true` does
+    assert torch.allclose(net(x), eager, atol=1e-5)
+    assert list(net.state_dict()) == keys

@@ -1,0 +1,69 @@
+"""The Lightning state seqmnist reads without a public API, on a real Trainer: if an upgrade
+moves any of it, these fail here rather than a run logging or resuming wrongly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from seqmnist.lightning_internals import batches_done_this_epoch, is_logging_step, quiet_console
+
+
+class Probe(L.LightningModule):
+    """Records, at every training step, what the accessors say."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.logging_steps: list[bool] = []
+        self.done_before: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        self.logging_steps.append(is_logging_step(self.trainer))
+        self.done_before.append(batches_done_this_epoch(self.trainer))
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(tmp_path: Path, **trainer_kwargs) -> Probe:
+    probe = Probe()
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=2)
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        **trainer_kwargs)  # fmt: skip
+    trainer.fit(probe, data)
+    return probe
+
+
+def test_logging_steps_follow_log_every_n_steps(tmp_path: Path) -> None:
+    probe = fit(tmp_path, max_epochs=1, log_every_n_steps=3)
+    # Lightning's rule: steps 3 and 6 of 6 (1-based) go to the loggers.
+    assert probe.logging_steps == [False, False, True, False, False, True]
+    assert is_logging_step(None) is True  # outside a Trainer every step counts
+
+
+def test_batches_done_counts_the_epoch_so_far(tmp_path: Path) -> None:
+    probe = fit(tmp_path, max_epochs=2)
+    assert probe.done_before == [0, 1, 2, 3, 4, 5] * 2
+
+
+def test_the_litlogger_tip_is_dropped_and_the_rest_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    quiet_console()
+    quiet_console()  # idempotent: one filter
+    with caplog.at_level(logging.INFO):
+        L.Trainer(default_root_dir=tmp_path, logger=False, accelerator="cpu")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "litlogger" not in text
+    assert "GPU available" in text  # Lightning's informative lines stay
+    import lightning_utilities.core.rank_zero as rank_zero
+
+    assert len([f for f in rank_zero.log.filters if "Advert" in type(f).__name__]) == 1

@@ -1,0 +1,137 @@
+"""Faults a run must survive: kills and signals mid-epoch (real processes), RNG state in
+checkpoints and half-written checkpoint files."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqmnist.train import run
+from seqmnist.training.faults import AtomicCheckpointIO, FaultTolerance
+from tests.helpers import FAST, PROJECT_ROOT, compose_config, metrics_of, user_env
+
+# Two epochs of 16 steps (500 synthetic training images, batch 32), a last.ckpt every 3
+# steps, dropout between two layers (so the RNG matters) and a one-cycle schedule (so the
+# scheduler state matters).
+RUN = [
+    *(o for o in FAST if not o.startswith(("trainer.max_epochs", "trainer.limit_train"))),
+    "trainer.max_epochs=2",
+    "layers=2",
+    "dropout=0.3",
+    "optimizer.lr=0.01",
+    "scheduler=onecycle",
+    "callbacks.resume_checkpoint.every_n_train_steps=3",
+]
+# Each step sleeps 0.1 s so a signal lands mid-epoch (only the signalled runs need it).
+SLOW = "+callbacks.slow._target_=tests.helpers.SlowSteps"
+# What an interrupted-then-resumed run must reproduce exactly.
+SAME = ["val/acc_best", "test/acc", "test/loss", "epochs", "params"]
+
+
+def start_and_signal(root: Path, run_dir: Path, sig: int) -> subprocess.CompletedProcess:
+    """Start a run, send ``sig`` once its first mid-epoch ``last.ckpt`` exists, wait."""
+    cmd = [sys.executable, "-m", "seqmnist.train", f"data.root={root}",
+           f"hydra.run.dir={run_dir}", *RUN, SLOW]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=user_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its first checkpoint:\n" + proc.stdout.read()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
+def resume_in_process(run_dir: Path, invocation: Path, *overrides: str) -> int:
+    """``python -m seqmnist.train resume=RUN_DIR overrides`` in this process: exit status."""
+    args = [f"resume={run_dir}", *overrides]
+    status, _ = run(compose_config(*args, run_dir=invocation), args, multirun=False)
+    return status
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from seqmnist.train import train
+
+    run_dir = tmp_path_factory.mktemp("faults") / "uninterrupted"
+    cfg = compose_config(f"data.root={synthetic_root}", *RUN, run_dir=run_dir)
+    return train(cfg)
+
+
+# -- pieces ------------------------------------------------------------------------------
+def test_rng_state_is_put_back_before_the_next_batch() -> None:
+    cb = FaultTolerance()
+    torch.manual_seed(5)
+    random.seed(5)
+    state = cb.state_dict()
+    expected = (torch.rand(3), random.random())
+    torch.manual_seed(99)
+    random.seed(99)
+    cb.load_state_dict(state)
+    cb.on_train_batch_start(None)
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # as if killed mid-write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left
+
+
+# -- real processes: a kill, a signal ----------------------------------------------------
+@pytest.mark.e2e
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    synthetic_root: Path, tmp_path: Path, uninterrupted: dict
+) -> None:
+    run_dir = tmp_path / "killed"
+    proc = start_and_signal(synthetic_root, run_dir, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert metrics_of(run_dir)["status"] == "running"  # killed: nothing got to write
+
+    assert resume_in_process(run_dir, tmp_path / "resume_invocation") == 0
+    resumed = metrics_of(run_dir)
+    assert resumed["status"] == "completed"
+    assert resumed["resumed_from"] == str((run_dir / "checkpoints" / "last.ckpt").resolve())
+    assert {k: resumed[k] for k in SAME} == {k: uninterrupted[k] for k in SAME}
+    # Logged into the same TensorBoard run as before the kill.
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"),
+                                                   (signal.SIGINT, 130, "Ctrl+C")])  # fmt: skip
+def test_signal_stops_cleanly_with_a_checkpoint_and_resumes(
+    synthetic_root: Path, tmp_path: Path, uninterrupted: dict, sig: int, code: int, name: str
+) -> None:
+    run_dir = tmp_path / "stopped"
+    proc = start_and_signal(synthetic_root, run_dir, sig)
+    assert proc.returncode == code, proc.stdout
+    assert f"stopped by {name}" in proc.stdout
+    assert f"resume={run_dir}" in proc.stdout
+    assert "Traceback" not in proc.stdout
+    record = metrics_of(run_dir)
+    assert record["status"] == "interrupted" and f"resume={run_dir}" in record["error"]
+
+    assert resume_in_process(run_dir, tmp_path / "resume_invocation") == 0
+    resumed = metrics_of(run_dir)
+    assert {k: resumed[k] for k in SAME} == {k: uninterrupted[k] for k in SAME}
