@@ -169,6 +169,23 @@ def make_checkpoint(
     return path
 
 
+# One checkpoint of every kind a layout test needs: each cell, stacked and bidirectional nets,
+# both datasets and every sequence mode (784-step ones with the LSTM: PyTorch's CPU RNN/GRU
+# are slow over long sequences).
+LAYOUTS = [
+    {"cell": "gru", "layers": 2, "bidirectional": True, "dataset": "fashion_mnist",
+     "sequence": "column"},
+    {"cell": "lstm", "layers": 1, "bidirectional": False, "dataset": "mnist",
+     "sequence": "permuted", "permutation_seed": 7},
+    {"cell": "rnn", "layers": 3, "bidirectional": True, "dataset": "mnist", "sequence": "patch",
+     "step_pixels": 112},
+    {"cell": "rnn", "layers": 2, "bidirectional": False, "dataset": "fashion_mnist",
+     "sequence": "patch", "step_pixels": 56},
+    {"cell": "lstm", "layers": 2, "bidirectional": False, "dataset": "mnist", "sequence": "pixel"},
+]  # fmt: skip
+LAYOUT_IDS = [f"{c['cell']}-{c['layers']}-{c['sequence']}-{c['dataset']}" for c in LAYOUTS]
+
+
 def drawn_digit(size: int = 28) -> np.ndarray:
     """A hand-drawn-looking '7', white on black like MNIST, as uint8 ``(size, size)``."""
     big = Image.new("L", (140, 140), 0)

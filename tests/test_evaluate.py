@@ -18,7 +18,15 @@ from seqmnist.errors import DataError
 from seqmnist.evaluate import run
 from seqmnist.runs.checkpoints import CheckpointError
 from seqmnist.runs.evaluation import BIDIRECTIONAL_NOTE, FILES, evaluate_checkpoint
-from tests.helpers import ONE_THREAD, best_ckpt, compose_config, make_checkpoint, run_module
+from tests.helpers import (
+    LAYOUT_IDS,
+    LAYOUTS,
+    ONE_THREAD,
+    best_ckpt,
+    compose_config,
+    make_checkpoint,
+    run_module,
+)
 
 TEST_SIZE = 200  # the synthetic test split
 
@@ -151,42 +159,18 @@ def test_evaluate_a_run_dir_uses_its_best_checkpoint(
     assert (runs[0] / "evaluate.log").is_file()
 
 
-@pytest.mark.parametrize(
-    ("cell", "layers", "bidirectional", "dataset", "sequence", "extra"),
-    [
-        ("gru", 2, True, "fashion_mnist", "column", {}),
-        ("lstm", 1, False, "mnist", "permuted", {"permutation_seed": 3}),
-        ("rnn", 2, False, "fashion_mnist", "patch", {"step_pixels": 56}),
-    ],
-)
-def test_every_layout_evaluates(
-    synthetic_root: Path,
-    tmp_path: Path,
-    cell: str,
-    layers: int,
-    bidirectional: bool,
-    dataset: str,
-    sequence: str,
-    extra: dict,
-) -> None:
-    ckpt = make_checkpoint(
-        tmp_path / "run" / "checkpoints" / "m.ckpt",
-        synthetic_root,
-        cell=cell,
-        layers=layers,
-        bidirectional=bidirectional,
-        dataset=dataset,
-        sequence=sequence,
-        **extra,
-    )
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_every_layout_evaluates(synthetic_root: Path, tmp_path: Path, layout: dict) -> None:
+    ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "m.ckpt", synthetic_root, **layout)
+    dataset, bidirectional = layout["dataset"], layout["bidirectional"]
     out = tmp_path / "eval"
     result = evaluate_checkpoint(ckpt, out, data_root=synthetic_root, batch_size=64, device="cpu")
     classes = result["data"]["class_names"]
     if dataset == "fashion_mnist":
         assert classes[0] == "T-shirt/top" and "Ankle boot" in (out / "eval.md").read_text()
     check_reports(out, TEST_SIZE, classes)
-    t = {"column": 28, "permuted": 784, "patch": 14}[sequence]
-    assert result["data"]["seq_len"] == t
+    t = {"column": 28, "permuted": 784, "pixel": 784}.get(layout["sequence"])
+    assert result["data"]["seq_len"] == (t or 784 // layout.get("step_pixels", 28))
     md = (out / "eval.md").read_text()
     if bidirectional:
         # Still computed, but flagged: the backward half has read the rest of the image.

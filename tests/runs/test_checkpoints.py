@@ -18,7 +18,7 @@ from seqmnist.runs.checkpoints import (
     load_model,
     resolve_checkpoint,
 )
-from tests.helpers import best_ckpt, make_checkpoint
+from tests.helpers import LAYOUT_IDS, LAYOUTS, best_ckpt, make_checkpoint
 
 
 def test_load_model_rebuilds_the_trained_net(trained_run: Path) -> None:
@@ -141,36 +141,12 @@ def test_weights_of_another_model_are_refused(trained_run: Path, tmp_path: Path)
         load_model(tmp_path / "odd.ckpt")
 
 
-@pytest.mark.parametrize(
-    ("cell", "layers", "bidirectional", "dataset", "sequence", "extra"),
-    [
-        # 784-step layouts use the LSTM: PyTorch's CPU RNN/GRU are slow over long sequences.
-        ("gru", 2, True, "fashion_mnist", "column", {}),
-        ("lstm", 1, False, "mnist", "permuted", {"permutation_seed": 7}),
-        ("rnn", 3, True, "mnist", "patch", {"step_pixels": 112}),
-        ("lstm", 2, False, "mnist", "pixel", {}),
-    ],
-)
-def test_every_layout_round_trips(
-    synthetic_root: Path,
-    tmp_path: Path,
-    cell: str,
-    layers: int,
-    bidirectional: bool,
-    dataset: str,
-    sequence: str,
-    extra: dict,
-) -> None:
-    path = make_checkpoint(
-        tmp_path / "m.ckpt",
-        synthetic_root,
-        cell=cell,
-        layers=layers,
-        bidirectional=bidirectional,
-        dataset=dataset,
-        sequence=sequence,
-        **extra,
-    )
+@pytest.mark.parametrize("layout", LAYOUTS, ids=LAYOUT_IDS)
+def test_every_layout_round_trips(synthetic_root: Path, tmp_path: Path, layout: dict) -> None:
+    path = make_checkpoint(tmp_path / "m.ckpt", synthetic_root, **layout)
+    cell, layers, bidirectional = layout["cell"], layout["layers"], layout["bidirectional"]
+    dataset, sequence = layout["dataset"], layout["sequence"]
+    extra = {k: v for k, v in layout.items() if k in ("permutation_seed", "step_pixels")}
     model, data = load_model(path)
     assert (data.dataset, data.sequence) == (dataset, sequence)
     assert model.hparams["net"]["bidirectional"] is bidirectional

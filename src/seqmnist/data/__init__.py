@@ -7,10 +7,11 @@ digit picture into an MNIST-like 28x28 image.
 
 from seqmnist.data.datamodule import SeqMNISTDataModule, SequenceDataset
 from seqmnist.data.idx import DATASETS, PIXELS, default_data_root, load_split
-from seqmnist.data.sequences import SEQUENCE_MODES, sequence_view, step_size, to_inputs
+from seqmnist.data.sequences import SEQUENCE_MODES, Layout, sequence_view, step_size, to_inputs
 
 __all__ = [
     "DATASETS",
+    "Layout",
     "PIXELS",
     "SEQUENCE_MODES",
     "SeqMNISTDataModule",

@@ -15,15 +15,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from seqmnist.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
 from seqmnist.data import idx
-from seqmnist.data.idx import DATASETS, PIXELS, default_data_root, load_split, missing_files
+from seqmnist.data.idx import DATASETS, default_data_root, load_split, missing_files
 from seqmnist.data.sampler import ResumableSampler
-from seqmnist.data.sequences import (
-    SEQUENCE_MODES,
-    check_step_pixels,
-    permutation,
-    step_size,
-    to_inputs,
-)
+from seqmnist.data.sequences import SEQUENCE_MODES, Layout, check_step_pixels, permutation
 from seqmnist.errors import ConfigError
 from seqmnist.lightning_internals import batches_done_this_epoch
 
@@ -131,13 +125,18 @@ class SeqMNISTDataModule(L.LightningDataModule):
         return len(self.class_names)
 
     @property
+    def layout(self) -> Layout:
+        """How this module lays images out (the permutation may come from a checkpoint)."""
+        return Layout(self.sequence, self.step_pixels, self.permutation)
+
+    @property
     def input_size(self) -> int:
         """Features per time step."""
-        return step_size(self.sequence, self.step_pixels)
+        return self.layout.input_size
 
     @property
     def seq_len(self) -> int:
-        return PIXELS // self.input_size
+        return self.layout.seq_len
 
     # -- Lightning hooks -------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -183,7 +182,7 @@ class SeqMNISTDataModule(L.LightningDataModule):
 
     def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28) -> float sequences in [0, 1], laid out as this module reads."""
-        return to_inputs(images, self.sequence, self.step_pixels, self.permutation)
+        return self.layout.to_inputs(images)
 
     def _loader(
         self, ds: SequenceDataset | None, batch_size: int, sampler: Sampler | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from seqmnist.checks import Rule
@@ -77,3 +79,26 @@ def to_inputs(
     """
     scaled = images.to(torch.float32).div_(255.0)
     return sequence_view(scaled, mode, step_pixels, permutation)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How images become a model's input: the sequence mode, the pixels per step (patch
+    mode), the pixel order (permuted mode). Training, evaluation and prediction share it."""
+
+    sequence: str = "row"
+    step_pixels: int = IMAGE_SIDE
+    permutation: torch.Tensor | None = None
+
+    @property
+    def input_size(self) -> int:
+        """Features per time step."""
+        return step_size(self.sequence, self.step_pixels)
+
+    @property
+    def seq_len(self) -> int:
+        return PIXELS // self.input_size
+
+    def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, 28, 28)`` -> float ``(N, T, F)`` in [0, 1]."""
+        return to_inputs(images, self.sequence, self.step_pixels, self.permutation)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from seqmnist.data import DATASETS, PIXELS, SEQUENCE_MODES, SeqMNISTDataModule, step_size
-from seqmnist.data.sequences import to_inputs
+from seqmnist.data import DATASETS, PIXELS, SEQUENCE_MODES, SeqMNISTDataModule
+from seqmnist.data.sequences import Layout
 from seqmnist.errors import SeqMNISTError
 from seqmnist.models import SeqClassifier, describe
 from seqmnist.runs.rundir import METRICS_FILE, read_metrics
@@ -43,30 +43,18 @@ _FIX = (
 )
 # ModelCheckpoint's file name (conf/callbacks/model_checkpoint.yaml) carries the score.
 _SCORE = re.compile(r"val_acc_(\d+(?:\.\d+)?)\.ckpt$")
-# The data module arguments that fix how an image becomes a sequence.
-DATA_KEYS = ("dataset", "sequence", "step_pixels", "permutation_seed")
 
 
-@dataclass
-class DataSettings:
-    """How the checkpoint's model reads images: dataset, sequence layout, pixel order."""
+@dataclass(frozen=True, kw_only=True)
+class DataSettings(Layout):
+    """How the checkpoint's model reads images: its layout (sequence mode, step size, pixel
+    order: ``input_size``, ``seq_len``, ``to_inputs`` as in training), dataset and classes."""
 
     dataset: str
-    sequence: str
-    step_pixels: int
-    permutation: torch.Tensor | None
     class_names: list[str]
     # Every SeqMNISTDataModule argument known for the run (batch sizes, split, root, ...).
     datamodule_kwargs: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # where the settings were read from, for messages
-
-    @property
-    def input_size(self) -> int:
-        return step_size(self.sequence, self.step_pixels)
-
-    @property
-    def seq_len(self) -> int:
-        return PIXELS // self.input_size
 
     def datamodule(self, **overrides: Any) -> SeqMNISTDataModule:
         """A data module laid out like the training run's, with this checkpoint's pixel order."""
@@ -79,11 +67,6 @@ class DataSettings:
         if self.permutation is not None:
             dm.load_state_dict({"permutation": self.permutation})
         return dm
-
-    def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``(N, 28, 28)`` images -> ``(N, T, F)`` model inputs, exactly as in training."""
-        # The data module's own conversion, so scaling and layout can never drift apart.
-        return to_inputs(images, self.sequence, self.step_pixels, self.permutation)
 
 
 @dataclass
