@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from seqmnist import bench
+from seqmnist.training import throughput
 
 
 def test_macs_per_sample_counts_every_gate_gemm() -> None:
-    c = bench.BenchConfig("x", "gru", 2, 10, 8)
+    c = throughput.BenchConfig("x", "gru", 2, 10, 8)
     # layer 1: 28 steps x 3 gates x 10 x (28 + 10); layer 2: input is the hidden state.
-    assert bench.macs_per_sample(c) == 28 * 3 * 10 * 38 + 28 * 3 * 10 * 20 + 10 * 10
+    assert throughput.macs_per_sample(c) == 28 * 3 * 10 * 38 + 28 * 3 * 10 * 20 + 10 * 10
 
 
 def test_bench_writes_json_table_and_ratio_line(
