@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
+	@# hydra-optuna-sweeper (replaced by src/hydra_plugins/seqmnist_optuna_sweeper) registered the
+	@# same hydra/sweeper=optuna name; an environment made before the switch must lose it.
+	$(PY) -m pip uninstall -y -q hydra-optuna-sweeper 2>/dev/null || true
 	touch $@
 
 install: $(STAMP)  ## create .venv and install the project with dev tools

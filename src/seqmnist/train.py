@@ -39,6 +39,7 @@ from seqmnist.runs.rundir import (
 from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
 from seqmnist.training.config import validate
 from seqmnist.training.faults import sigint_as_sigterm
+from seqmnist.training.optuna_trial import pruning_callback
 
 log = logging.getLogger("seqmnist.train")
 
@@ -87,7 +88,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("compile"):
         model.net.compile()
     loggers = build_group(cfg.get("logger"))
-    trainer = build_trainer(cfg, callbacks=build_callbacks(cfg), logger=loggers or False)
+    callbacks = build_callbacks(cfg)
+    pruning = pruning_callback(cfg)  # this job is a trial of an Optuna search
+    if pruning is not None:
+        callbacks.append(pruning)
+    trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
 
     hparams = {**run_settings(cfg), "params": count_parameters(model)}
     for lg in trainer.loggers:
@@ -116,6 +121,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ckpt_cb = trainer.checkpoint_callback
     best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
     metrics["best_ckpt"] = best_path or None
+    if pruning is not None and pruning.pruned_at_epoch is not None:
+        # Neither a failure nor a completion: the search stopped it. No test: its score
+        # would be of a model the search has given up on.
+        metrics.update(status="pruned", pruned_at_epoch=pruning.pruned_at_epoch)
+        if trainer.is_global_zero:
+            write_metrics(out, metrics)
+            log.info(f"trial pruned after epoch {pruning.pruned_at_epoch}; {summary_line(metrics)}")
+        return metrics
     if cfg.get("test", True):
         results = trainer.test(
             model,

@@ -18,7 +18,10 @@ from seqmnist.runs import aggregate, tables
 from seqmnist.runs.rundir import SETTINGS, find_jobs, read_job
 
 COLUMNS = ["job", *SETTINGS[:SETTINGS.index("seed") + 1], "params", "val/acc_best", "test/acc",
-           "epochs", "train_seconds", "status", "error"]  # fmt: skip
+           "epochs", "train_seconds", "state", "status", "error"]  # fmt: skip
+# A job's status as a search trial's state: finished (complete or pruned), failed, or not yet.
+STATES = {"completed": "complete", "pruned": "pruned", "failed": "failed",
+          "unreadable": "failed", "interrupted": "failed"}  # fmt: skip
 # What tells the settings apart; the seed is what a group averages over.
 SETTING_KEYS = [k for k in SETTINGS if k != "seed"]
 METRICS = ["val/acc_best", "test/acc", "params", "epochs", "train_seconds"]
@@ -102,6 +105,8 @@ def build_report(sweep: Path) -> dict[str, Any]:
             "(outputs/train/multiruns/<time>) or a run directory."
         )
     rows = sorted((read_job(j) for j in jobs), key=_sort_key)
+    for r in rows:
+        r["state"] = STATES.get(str(r.get("status")), "running")
     keys = swept_keys(rows)
     groups = group_over_seeds(rows) if "seed" in keys else []
     tables.write_csv(sweep / "results.csv", rows, COLUMNS)
@@ -109,7 +114,7 @@ def build_report(sweep: Path) -> dict[str, Any]:
     # The Markdown shows what varies; what is the same for every job goes in one line.
     fixed = [k for k in SETTING_KEYS if k not in keys and rows[0].get(k) is not None]
     shown = ["job", *keys, "params", "val/acc_best", "test/acc", "epochs", "train_seconds",
-             "status", "error"]  # fmt: skip
+             "state", "error"]  # fmt: skip
     md = [f"# Sweep results: {sweep}", "",
           f"{len(rows)} jobs; swept: {', '.join(keys) or '-'}; fixed: "
           + ", ".join(f"{k}={fmt(k, rows[0].get(k))}" for k in fixed), "",

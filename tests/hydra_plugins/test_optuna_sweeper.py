@@ -1,0 +1,315 @@
+"""seqmnist's Optuna sweeper: pruning, continuing a killed search, two workers on one study,
+and every bad input as one message before any trial runs (tiny synthetic data)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from hydra_plugins.seqmnist_optuna_sweeper.sweeper import (
+    OptunaSweeper,
+    check_choices,
+    check_keys,
+    parse_search_space,
+)
+from seqmnist.errors import ConfigError
+from seqmnist.training.optuna_trial import make_pruner, make_sampler, open_storage
+from tests.helpers import FAST, ONE_THREAD, PROJECT_ROOT, compose_config, run_module, user_env
+
+# A few steps a trial, two epochs, one thread: seconds per trial. The search space is the
+# project's default (conf/hparams_search/optuna.yaml).
+SEARCH = [
+    *(o for o in FAST if not o.startswith("trainer.max_epochs")),
+    "trainer.max_epochs=2",
+    "hparams_search=optuna",
+    "hydra.sweeper.heartbeat_interval=1",
+    "hydra.sweeper.grace_period=2",
+]
+
+
+def search(root: Path, sweep: Path, *args: str) -> list[str]:
+    return ["seqmnist.train", f"data.root={root}", f"hydra.sweep.dir={sweep}", *SEARCH, *args]
+
+
+def study_of(sweep: Path, url: str | None = None) -> optuna.Study:
+    storage = open_storage(url or f"sqlite:///{sweep / 'optuna.db'}")
+    return optuna.load_study(study_name="seqmnist", storage=storage)
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def distinct_params(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    seen = [json.dumps(t.params, sort_keys=True) for t in trials]
+    return len(seen) == len(set(seen))
+
+
+# -- in-process: the pieces -----------------------------------------------------------------
+def test_the_old_plugin_is_gone_and_ours_is_found() -> None:
+    assert importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None
+    sweepers = {f"{p.__module__}.{p.__name__}" for p in Plugins.instance().discover(Sweeper)}
+    assert "hydra_plugins.seqmnist_optuna_sweeper.sweeper.OptunaSweeper" in sweepers
+    assert int(optuna.__version__.split(".")[0]) >= 4
+
+
+def test_search_space_syntax_of_the_hydra_optuna_plugin() -> None:
+    space, fixed = parse_search_space([
+        "cell=choice(rnn, lstm, gru)", "layers=range(1, 4)", "dropout=interval(0.0, 0.5)",
+        "optimizer.lr=tag(log, interval(0.0003, 0.01))", "hidden=choice(64, 128)",
+        "data.batch_size=64",
+    ])  # fmt: skip
+    assert space["cell"] == CategoricalDistribution(["rnn", "lstm", "gru"])
+    assert space["layers"] == IntDistribution(1, 3)
+    assert space["dropout"] == FloatDistribution(0.0, 0.5)
+    assert space["optimizer.lr"] == FloatDistribution(0.0003, 0.01, log=True)
+    assert space["hidden"] == CategoricalDistribution([64, 128])
+    assert fixed == {"data.batch_size": "64"}
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("layers=choice(1,", "not a search-space expression"),
+        ("optimizer.lr=tag(log, interval(0, 0.1))", "optimizer.lr"),
+        ("dropout=interval(0.5, 0.1)", "dropout"),
+    ],
+)
+def test_a_malformed_expression_is_named(line: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match="hydra.sweeper.params") as err:
+        parse_search_space([line])
+    assert needle in str(err.value)
+
+
+def test_search_keys_must_exist() -> None:
+    cfg = compose_config()
+    groups = {"cell": ["gru", "lstm", "rnn"]}
+    check_keys(["layers", "optimizer.lr", "cell", "+extra"], cfg, groups)
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.params.nlayers: no such key"):
+        check_keys(["nlayers"], cfg, groups)
+    with pytest.raises(ConfigError, match=r"\['transformer'\] are not options of the cell group"):
+        check_choices({"cell": CategoricalDistribution(["lstm", "transformer"])}, groups)
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "needle"),
+    [
+        ("sampler", "annealing", "hydra.sweeper.sampler='annealing' is not an Optuna sampler"),
+        ("pruner", "patience", "hydra.sweeper.pruner='patience' is not an Optuna pruner"),
+        ("pruner", {"name": "median", "n_startup": 3}, "hydra.sweeper.pruner="),
+    ],
+)
+def test_unknown_sampler_or_pruner_is_named(kind: str, spec, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        make_sampler(spec, 1) if kind == "sampler" else make_pruner(spec)
+    assert needle in str(err.value)
+
+
+def test_samplers_and_pruners_by_name() -> None:
+    assert type(make_sampler("tpe", 3)).__name__ == "TPESampler"
+    assert type(make_sampler("random", 3)).__name__ == "RandomSampler"
+    assert type(make_sampler("CmaEsSampler", 3)).__name__ == "CmaEsSampler"
+    median = make_pruner("median")
+    assert type(median).__name__ == "MedianPruner" and median._n_warmup_steps == 1
+    assert type(make_pruner("hyperband")).__name__ == "HyperbandPruner"
+    assert type(make_pruner("none")).__name__ == "NopPruner"
+    threshold = make_pruner({"name": "ThresholdPruner", "lower": 0.5})
+    assert type(threshold).__name__ == "ThresholdPruner"
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("nosuchdb://x/y", "is not a storage URL"),
+        ("not a url at all", "is not a storage URL"),
+        ("sqlite:////no/such/folder/x.db", "cannot be reached"),
+        ("postgresql://seqmnist@127.0.0.1:1/none", "hydra.sweeper.storage=postgresql://"),
+    ],
+)
+def test_a_bad_storage_is_named(url: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        open_storage(url)
+    assert needle in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_journal_storage_on_a_file(tmp_path: Path) -> None:
+    storage = open_storage(f"journal://{tmp_path / 'study.log'}")
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.tell(study.ask(), 0.5)
+    again = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "study.log")))
+    assert [t.value for t in again.get_trials()] == [0.5]
+
+
+def test_sweeper_reads_its_settings() -> None:
+    sweeper = OptunaSweeper(sampler="random", seed=1, pruner={"name": "none"},
+                            direction="maximize", storage=None, study_name="s", n_trials=3,
+                            n_jobs=2, heartbeat_interval=1, grace_period=2,
+                            params={"layers": "choice(1, 2)"})  # fmt: skip
+    assert sweeper.pruner_spec == {"name": "none"} and sweeper.params == {"layers": "choice(1, 2)"}
+    assert OverridesParser.create().parse_overrides(["layers=choice(1, 2)"])[0].is_sweep_override()
+
+
+# -- e2e: real searches ------------------------------------------------------------------------
+@pytest.mark.e2e
+def test_a_pruned_trial_says_so_and_the_search_finishes(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    # A threshold no tiny model reaches: every trial is pruned after its first epoch.
+    proc = run_module(*search(synthetic_root, sweep, "hydra.sweeper.n_trials=3",
+                              "hydra.sweeper.pruner={name:ThresholdPruner,lower:0.99}"),
+                      env=ONE_THREAD)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    study = study_of(sweep)
+    assert [t.state for t in study.get_trials()] == [TrialState.PRUNED] * 3
+    for job in ("0", "1", "2"):
+        m = json.loads((sweep / job / "metrics.json").read_text())
+        assert m["status"] == "pruned" and m["pruned_at_epoch"] == 0 and m["epochs"] == 1
+        assert "test/acc" not in m  # a pruned trial is not tested
+        assert list((sweep / job / "checkpoints").glob("*.ckpt"))  # its checkpoints are kept
+    results = (sweep / "optimization_results.yaml").read_text()
+    assert "pruned: 3" in results and "complete: 0" in results
+    report = (sweep / "results.md").read_text()
+    assert "| state |" in report and report.count("| pruned |") == 3
+    assert "Traceback" not in out and "ExperimentalWarning" not in out
+
+
+@pytest.mark.e2e
+def test_a_completed_search_writes_its_best_trial_and_plots(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_module(*search(synthetic_root, sweep, "hydra.sweeper.n_trials=3",
+                              "hydra.sweeper.pruner=none", "hydra.sweeper.sampler=random",
+                              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                              "hydra.sweeper.n_jobs=2"), env=ONE_THREAD)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    study = study_of(sweep)
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
+    best = study.best_trial
+    import yaml
+
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == best.value and results["best_params"] == best.params
+    assert results["trials"] == {"complete": 3, "pruned": 0, "failed": 0, "not_run": 0,
+                                 "running": 0}  # fmt: skip
+    jobs = [json.loads((sweep / str(t.number) / "metrics.json").read_text())
+            for t in study.get_trials()]  # fmt: skip
+    assert [j["val/acc_best"] for j in jobs] == [t.value for t in study.get_trials()]
+    assert (sweep / "optuna_history.png").stat().st_size > 1000
+    assert (sweep / "optuna_importances.png").stat().st_size > 1000
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=PROJECT_ROOT,
+                            env=user_env(ONE_THREAD), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_a_killed_search_continues_where_it_stopped(synthetic_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = search(synthetic_root, sweep, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=none",
+                  "+callbacks.slow._target_=tests.helpers.SlowSteps")  # fmt: skip
+    proc = _start(args, tmp_path / "first.log")
+    deadline = time.monotonic() + 240
+    done: list = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (sweep / "optuna.db").exists():
+            try:
+                trials = study_of(sweep).get_trials()
+            except KeyError:  # the database is there, the study not yet
+                continue
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            if len(done) >= 1 and any(t.state == TrialState.RUNNING for t in trials):
+                break
+    assert proc.poll() is None and done, (tmp_path / "first.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its running trial, at once
+    proc.wait()
+    kept = {t.number: t.params for t in study_of(sweep).get_trials()
+            if t.state == TrialState.COMPLETE}  # fmt: skip
+
+    again = run_module(*args, env=ONE_THREAD)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    study = study_of(sweep)
+    ended = finished(study)
+    assert len(ended) == 4  # exactly n_trials finished trials
+    assert all(study.trials[n].params == p for n, p in kept.items())  # nothing lost or rerun
+    assert distinct_params(ended)  # no parameter set ran twice
+    killed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert len(killed) >= 1  # the trial running at the kill, marked failed via its heartbeat
+    assert max(t.number for t in ended) > max(t.number for t in killed)  # numbering went on
+
+
+@pytest.mark.e2e
+def test_two_workers_share_one_study(synthetic_root: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [
+        _start(search(synthetic_root, tmp_path / f"w{i}", "hydra.sweeper.n_trials=5",
+                      "hydra.sweeper.pruner=none", f"hydra.sweeper.storage={url}"),
+               tmp_path / f"w{i}.log")
+        for i in range(2)
+    ]  # fmt: skip
+    for w in workers:
+        assert w.wait(timeout=300) == 0
+    study = study_of(tmp_path, url)
+    ended = finished(study)
+    assert len(ended) == 5 and distinct_params(ended)
+    run_dirs = [p.parent.name for i in range(2)
+                for p in (tmp_path / f"w{i}").glob("*/metrics.json")]  # fmt: skip
+    assert sorted(run_dirs, key=int) == sorted(str(t.number) for t in ended)  # each ran once
+    logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
+    assert all("Optuna study 'seqmnist'" in text for text in logs)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["hydra.sweeper.sampler=annealing"], "hydra.sweeper.sampler='annealing'"),
+        (["nlayers=choice(1,2)"], "hydra.sweeper.params.nlayers: no such key"),
+        (["hydra.sweeper.params.layers='choice(1,'"], "is not a search-space expression"),
+    ],
+)
+def test_bad_input_stops_before_any_trial(  # each kind in-process above; here the exit
+    synthetic_root: Path, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_module(*search(synthetic_root, sweep, *args), env=ONE_THREAD)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert needle in out and "Traceback" not in out
+    assert not list(sweep.glob("*/metrics.json"))  # no trial ran
+
+
+@pytest.mark.e2e
+def test_a_study_with_the_other_direction_is_left_alone(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    study = optuna.create_study(study_name="seqmnist", storage=open_storage(url),
+                                direction="minimize")  # fmt: skip
+    study.tell(study.ask(), 0.25)
+    proc = run_module(*search(synthetic_root, sweep), env=ONE_THREAD)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "already exists and minimizes" in out and "Traceback" not in out
+    kept = study_of(sweep).get_trials()
+    assert [t.value for t in kept] == [0.25]  # nothing of the existing study lost
