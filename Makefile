@@ -14,7 +14,7 @@ export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
 .PHONY: help install train test test-fast lint format tensorboard sweep report results results-table \
-	evaluate predict bench bench-accuracy clean
+	evaluate predict bench bench-accuracy search-compare dashboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,22 @@ results: install  ## CPU experiments x seeds 0,1,2 (~70 min on 2 cores), then th
 results-table: install  ## rebuild the README table only: make results-table DIRS="<sweep dir> ..."
 	@test -n "$(DIRS)" || { echo "usage: make results-table DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
 	$(PY) -m seqmnist.results $(DIRS) --readme README.md
+
+# The pruning measurement of the README: the same seeded search with each pruner, one after the
+# other (each runs two trials at a time on the two cores), then one table comparing them.
+SEARCH_PRUNERS ?= none median hyperband
+search-compare: install  ## the same Optuna search with each pruner (~30 min), then a comparison
+	@base="outputs/train/multiruns/search-compare-$$(date +%Y-%m-%d_%H-%M-%S)"; dirs=""; \
+	for p in $(SEARCH_PRUNERS); do \
+		$(PY) -m seqmnist.train hparams_search=optuna_compare hydra.sweeper.pruner=$$p \
+			"hydra.sweep.dir=$$base/$$p" $(ARGS) || exit $$?; dirs="$$dirs $$base/$$p"; \
+	done; set -- $$dirs; first=$$1; shift; $(PY) -m seqmnist.report $$first --compare "$$@"
+
+# An optional extra: installed on first use, not by `make install`.
+dashboard: install  ## optuna-dashboard on a study: make dashboard STORAGE=sqlite:///outputs/.../optuna.db
+	@test -n "$(STORAGE)" || { echo "usage: make dashboard STORAGE=sqlite:///<sweep dir>/optuna.db"; exit 2; }
+	$(PY) -m pip install --quiet -e '.[dashboard]'
+	$(VENV)/bin/optuna-dashboard "$(STORAGE)"
 
 evaluate: install  ## test-set report of a checkpoint: make evaluate CKPT=<.ckpt or run dir>
 	@test -n "$(CKPT)" || { echo "usage: make evaluate CKPT=<.ckpt file or run dir> [ARGS=\"data.root=DIR device=cpu\"]"; exit 2; }

@@ -13,14 +13,21 @@ import sys
 from pathlib import Path
 
 from seqmnist.errors import SeqMNISTError
-from seqmnist.runs.sweep_report import build_report, markdown_table
+from seqmnist.runs.sweep_report import build_report, compare_searches, markdown_table
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir (outputs/train/multiruns/...)")
     parser.add_argument("--top", type=int, default=10, help="rows printed (default %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="SEARCH_DIR",
+        help="also compare Optuna searches: trials, pruned, compute, wall, best",
+    )
+    args = parser.parse_args(argv)  # fmt: skip
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
@@ -36,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(result['rows'])} jobs: {counts}")
     written = ["results.md", "results.csv"] + (["results.png"] if result["plot"] else [])
     print(f"wrote {', '.join(str(args.sweep_dir / w) for w in written)}")
+    if args.compare:
+        try:
+            print("\n" + compare_searches([args.sweep_dir, *args.compare]))
+        except SeqMNISTError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.EXIT_CODE
     return 1 if result["counts"].get("failed") else 0
 
 

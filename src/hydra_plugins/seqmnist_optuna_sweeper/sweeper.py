@@ -292,6 +292,7 @@ class OptunaSweeper(Sweeper):
 
     # -- the study loop -------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
+        self.started = time.monotonic()
         try:
             plan = self.plan(arguments)
         except SeqMNISTError as e:
@@ -416,8 +417,10 @@ class OptunaSweeper(Sweeper):
             "not_run": len(not_run),
             "running": sum(t.state == TrialState.RUNNING for t in trials),
         }
+        wall = round(time.monotonic() - self.started, 1)
         results: dict[str, Any] = {"name": "optuna", "study_name": self.study_name,
-                                   "direction": self.direction, "trials": counts}  # fmt: skip
+                                   "direction": self.direction, "trials": counts,
+                                   "pruner": self.pruner_spec, "wall_seconds": wall}  # fmt: skip
         if counts["complete"]:
             best = study.best_trial
             results.update(best_params=dict(best.params), best_value=best.value,

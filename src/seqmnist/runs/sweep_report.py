@@ -136,3 +136,43 @@ def build_report(sweep: Path) -> dict[str, Any]:
     for r in rows:
         counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
     return {"rows": rows, "groups": groups, "keys": keys, "counts": counts, "plot": has_plot}
+
+
+def search_summary(sweep: Path) -> dict[str, Any]:
+    """One search at a glance: its pruner, trials by state, the compute its trials took (sum
+    of their ``train_seconds``), the sweep's wall time and the best ``val/acc_best``."""
+    import yaml
+
+    sweep = Path(sweep)
+    path = sweep / "optimization_results.yaml"
+    if not path.is_file():
+        raise ReportError(f"{path} does not exist: {sweep} is not a finished Optuna search")
+    results = yaml.safe_load(path.read_text()) or {}
+    rows = [read_job(j) for j in find_jobs(sweep)]
+    best = aggregate.numbers([r for r in rows if r.get("status") == "completed"], "val/acc_best")
+    pruner = results.get("pruner")
+    return {
+        "search": str(sweep),
+        "pruner": pruner.get("name") if isinstance(pruner, dict) else pruner,
+        "trials": len(rows),
+        "pruned": sum(r.get("status") == "pruned" for r in rows),
+        "failed": sum(r.get("status") == "failed" for r in rows),
+        "epochs": sum(int(r.get("epochs") or 0) for r in rows),
+        "compute_seconds": sum(aggregate.numbers(rows, "train_seconds")),
+        "wall_seconds": results.get("wall_seconds"),
+        "best_val_acc": max(best) if best else None,
+    }
+
+
+def compare_searches(sweeps: list[Path]) -> str:
+    """A Markdown table of :func:`search_summary` for each search, compute relative to the
+    first one."""
+    rows = [search_summary(s) for s in sweeps]
+    base = rows[0]["compute_seconds"] or 1.0
+    for r in rows:
+        r["compute"] = f"{r['compute_seconds']:.0f} s ({100 * r['compute_seconds'] / base:.0f}%)"
+        r["wall"] = f"{r['wall_seconds']:.0f} s" if r["wall_seconds"] is not None else ""
+        r["best val acc %"] = f"{100 * r['best_val_acc']:.2f}" if r["best_val_acc"] else ""
+    cols = ["pruner", "trials", "pruned", "failed", "epochs", "compute", "wall",
+            "best val acc %", "search"]  # fmt: skip
+    return tables.markdown_table(rows, cols, right=cols[1:8])
