@@ -87,7 +87,7 @@ results-table: install  ## rebuild the README table only: make results-table DIR
 
 # The pruning measurement of the README: the same seeded search with each pruner, one after the
 # other (each runs two trials at a time on the two cores), then one table comparing them.
-SEARCH_PRUNERS ?= none median hyperband
+SEARCH_PRUNERS ?= none median percentile hyperband asha
 search-compare: install  ## the same Optuna search with each pruner (~30 min), then a comparison
 	@base="outputs/train/multiruns/search-compare-$$(date +%Y-%m-%d_%H-%M-%S)"; dirs=""; \
 	for p in $(SEARCH_PRUNERS); do \

@@ -124,8 +124,11 @@ def test_samplers_and_pruners_by_name() -> None:
     assert type(make_sampler("random", 3)).__name__ == "RandomSampler"
     assert type(make_sampler("CmaEsSampler", 3)).__name__ == "CmaEsSampler"
     median = make_pruner("median")
-    assert type(median).__name__ == "MedianPruner" and median._n_warmup_steps == 1
+    assert type(median).__name__ == "MedianPruner" and median._n_startup_trials == 3
+    quarter = make_pruner("percentile")  # the default: the best quarter goes on
+    assert type(quarter).__name__ == "PercentilePruner" and quarter._percentile == 25.0
     assert type(make_pruner("hyperband")).__name__ == "HyperbandPruner"
+    assert type(make_pruner("asha")).__name__ == "SuccessiveHalvingPruner"
     assert type(make_pruner("none")).__name__ == "NopPruner"
     threshold = make_pruner({"name": "ThresholdPruner", "lower": 0.5})
     assert type(threshold).__name__ == "ThresholdPruner"
@@ -155,6 +158,9 @@ def test_journal_storage_on_a_file(tmp_path: Path) -> None:
 
 
 def test_sweeper_reads_its_settings() -> None:
+    from hydra_plugins.seqmnist_optuna_sweeper.config import OptunaSweeperConf
+
+    assert OptunaSweeperConf().pruner == "percentile" and OptunaSweeperConf().sampler == "tpe"
     sweeper = OptunaSweeper(sampler="random", seed=1, pruner={"name": "none"},
                             direction="maximize", storage=None, study_name="s", n_trials=3,
                             n_jobs=2, heartbeat_interval=1, grace_period=2,
@@ -255,6 +261,10 @@ def test_a_killed_search_continues_where_it_stopped(synthetic_root: Path, tmp_pa
     killed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert len(killed) >= 1  # the trial running at the kill, marked failed via its heartbeat
     assert max(t.number for t in ended) > max(t.number for t in killed)  # numbering went on
+    for t in killed:  # the killed job's own record says so too
+        record = json.loads((sweep / str(t.number) / "metrics.json").read_text())
+        assert record["status"] == "interrupted" and "heartbeat" in record["error"]
+    assert "| failed |" in (sweep / "results.md").read_text()  # its state in the report
 
 
 @pytest.mark.e2e

@@ -92,3 +92,30 @@ def test_unreadable_metrics_and_empty_dir(tmp_path: Path) -> None:
         build_report(empty)
     # The command turns it into one line and exit status 2.
     assert report.main([str(empty)]) == 2
+
+
+def test_searches_are_compared_by_compute_pruning_and_best(tmp_path: Path) -> None:
+    import yaml
+
+    from seqmnist.runs.sweep_report import compare_searches, search_summary
+
+    for name, pruner, wall in (("none", "none", 100.0), ("median", "median", 40.0)):
+        sweep = tmp_path / name
+        make_job(sweep, "0", {**done(0.9), "train_seconds": 30.0, "epochs": 6})
+        if name == "none":
+            make_job(sweep, "1", {**done(0.95), "train_seconds": 30.0, "epochs": 6})
+        else:
+            make_job(sweep, "1", {"status": "pruned", "val/acc_best": 0.5, "train_seconds": 5.0,
+                                  "epochs": 1, "pruned_at_epoch": 0})  # fmt: skip
+        (sweep / "optimization_results.yaml").write_text(
+            yaml.safe_dump({"pruner": pruner, "wall_seconds": wall})
+        )
+    s = search_summary(tmp_path / "median")
+    assert (s["pruner"], s["trials"], s["pruned"], s["epochs"]) == ("median", 2, 1, 7)
+    # Pruned trials are left out of the best (their score is of an unfinished run).
+    assert s["compute_seconds"] == 35.0 and s["best_val_acc"] == pytest.approx(0.901)
+    table = compare_searches([tmp_path / "none", tmp_path / "median"])
+    assert "| none | 2 | 0 | 0 | 12 | 60 s (100%) | 100 s | 95.10 |" in table
+    assert "| median | 2 | 1 | 0 | 7 | 35 s (58%) | 40 s | 90.10 |" in table
+    with pytest.raises(ReportError, match="not a finished Optuna search"):
+        search_summary(tmp_path / "missing")

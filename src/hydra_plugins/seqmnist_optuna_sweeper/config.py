@@ -15,9 +15,10 @@ class OptunaSweeperConf:
     # {name: ..., <keyword>: ...}; seeded with `seed` when the sampler takes one.
     sampler: Any = "tpe"
     seed: Any = 1234
-    # median, hyperband (successive halving over epochs), none, an optuna.pruners class name,
+    # percentile (keep the best quarter), median, hyperband, asha (successive halving over
+    # epochs), none, an optuna.pruners class name,
     # or {name: ..., <keyword>: ...}.
-    pruner: Any = "median"
+    pruner: Any = "percentile"
     direction: str = "maximize"
     # Any Optuna storage URL (sqlite:///..., postgresql://..., mysql://...) or a journal
     # file (journal:///PATH.log); null: sqlite:///<sweep dir>/optuna.db.

@@ -43,7 +43,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from seqmnist.errors import ConfigError, SeqMNISTError
-from seqmnist.runs.rundir import read_metrics
+from seqmnist.runs.rundir import read_metrics, record_status
 from seqmnist.training.optuna_trial import (
     STUDY_PRUNER_ATTR,
     make_pruner,
@@ -405,8 +405,27 @@ class OptunaSweeper(Sweeper):
         log.warning(f"trial {trial.number} failed: {(metrics or {}).get('error', status)}")
 
     # -- results ----------------------------------------------------------------------------
+    def _mark_dead_jobs(self, trials: Sequence[Any]) -> None:
+        """A trial failed because its sweep died left its job's metrics.json saying running:
+        say failed there too, so the report agrees with the study."""
+        for t in trials:
+            job = self.sweep_dir / str(t.number)
+            if t.state != TrialState.FAIL or not (job / "metrics.json").is_file():
+                continue
+            try:
+                status = (read_metrics(job) or {}).get("status")
+            except ValueError:
+                continue
+            if status == "running":
+                # Not "failed": the job did nothing wrong, and the search that continued it
+                # should not exit non-zero for it.
+                record_status(job, "killed: its sweep stopped and the trial's heartbeat went "
+                                   "stale; the study marked the trial failed",
+                              status="interrupted")  # fmt: skip
+
     def _write_results(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
+        self._mark_dead_jobs(trials)
         not_run = {int(k.rsplit(":", 1)[1]) for k in study.user_attrs if k.startswith(NOT_RUN)}
         counts = {
             "complete": sum(t.state == TrialState.COMPLETE for t in trials),
