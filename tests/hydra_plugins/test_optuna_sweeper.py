@@ -323,3 +323,18 @@ def test_a_study_with_the_other_direction_is_left_alone(
     assert proc.returncode == 2 and "already exists and minimizes" in out and "Traceback" not in out
     kept = study_of(sweep).get_trials()
     assert [t.value for t in kept] == [0.25]  # nothing of the existing study lost
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_pruning_reaches_jobs_run_by_submitit(synthetic_root: Path, tmp_path: Path) -> None:
+    """submitit runs each trial in its own process: the job finds its trial in the storage."""
+    sweep = tmp_path / "sweep"
+    proc = run_module(*search(synthetic_root, sweep, "hydra.sweeper.n_trials=2",
+                              "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+                              "hydra.sweeper.pruner={name:ThresholdPruner,lower:0.99}"),
+                      env=ONE_THREAD)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert [t.state for t in study_of(sweep).get_trials()] == [TrialState.PRUNED] * 2
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "pruned"
