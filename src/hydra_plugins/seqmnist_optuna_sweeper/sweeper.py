@@ -15,6 +15,7 @@ with the same storage and study name share the study and together run ``n_trials
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -148,12 +149,21 @@ def override_value(value: Any) -> str:
 # -- heartbeats of the trials this sweep runs ---------------------------------------------
 class Heartbeats:
     """Records a heartbeat for each running trial of this sweep every ``interval`` seconds,
-    so a trial whose sweep was killed can be told from one still running elsewhere."""
+    so a trial whose sweep was killed can be told from one still running elsewhere.
 
-    def __init__(self, storage: Any, interval: int) -> None:
+    Database storages keep heartbeats themselves (``record_heartbeat``, and Optuna's
+    ``fail_stale_trials``); a journal file has none, so there the beat is a trial system
+    attribute and :meth:`fail_stale` applies the same grace period.
+    """
+
+    ATTR = "seqmnist:heartbeat"
+
+    def __init__(self, storage: Any, interval: int, grace_period: int) -> None:
         self.storage = storage
         self.interval = interval
-        self.enabled = isinstance(storage, optuna.storages.RDBStorage) and interval > 0
+        self.grace_period = grace_period
+        self.native = isinstance(storage, optuna.storages.RDBStorage) and interval > 0
+        self.enabled = interval > 0
         self.trial_ids: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -169,15 +179,37 @@ class Heartbeats:
         if self._thread.is_alive():
             self._thread.join()
 
+    def _record(self, trial_id: int) -> None:
+        if self.native:
+            self.storage.record_heartbeat(trial_id)
+        else:
+            self.storage.set_trial_system_attr(trial_id, self.ATTR, time.time())
+
     def add(self, trial_id: int) -> None:
         with self._lock:
             self.trial_ids.add(trial_id)
         if self.enabled:
-            self.storage.record_heartbeat(trial_id)
+            self._record(trial_id)
 
     def remove(self, trial_id: int) -> None:
         with self._lock:
             self.trial_ids.discard(trial_id)
+
+    def fail_stale(self, study: optuna.Study) -> None:
+        """Mark failed the running trials whose heartbeat is older than the grace period."""
+        if not self.enabled:
+            return
+        if self.native:
+            optuna.storages.fail_stale_trials(study)
+            return
+        now = time.time()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.system_attrs.get(self.ATTR)
+            if beat is None and t.datetime_start is not None:
+                beat = t.datetime_start.timestamp()
+            if beat is not None and now - float(beat) > self.grace_period:
+                with contextlib.suppress(RuntimeError, ValueError):  # it finished meanwhile
+                    study.tell(t.number, state=TrialState.FAIL)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
@@ -185,7 +217,7 @@ class Heartbeats:
                 ids = list(self.trial_ids)
             for trial_id in ids:
                 try:
-                    self.storage.record_heartbeat(trial_id)
+                    self._record(trial_id)
                 except Exception:  # a finished trial, a passing database error: try later
                     log.debug("heartbeat of trial %s not recorded", trial_id, exc_info=True)
 
@@ -316,10 +348,9 @@ class OptunaSweeper(Sweeper):
             f"wanted, {self.n_jobs} at a time; sampler {type(study.sampler).__name__}, "
             f"pruner {self.pruner_spec}"
         )
-        with Heartbeats(plan["storage"], self.heartbeat_interval) as beats:
+        with Heartbeats(plan["storage"], self.heartbeat_interval, self.grace_period) as beats:
             while True:
-                if beats.enabled:
-                    optuna.storages.fail_stale_trials(study)
+                beats.fail_stale(study)
                 trials = study.get_trials(deepcopy=False)
                 finished = sum(t.state in FINISHED for t in trials)
                 running = sum(t.state == TrialState.RUNNING for t in trials)
