@@ -151,9 +151,9 @@ class Heartbeats:
     """Records a heartbeat for each running trial of this sweep every ``interval`` seconds,
     so a trial whose sweep was killed can be told from one still running elsewhere.
 
-    Database storages keep heartbeats themselves (``record_heartbeat``, and Optuna's
-    ``fail_stale_trials``); a journal file has none, so there the beat is a trial system
-    attribute and :meth:`fail_stale` applies the same grace period.
+    The beat is a trial system attribute, so :meth:`fail_stale` works the same on every
+    storage; database storages also get Optuna's own heartbeat (``record_heartbeat``), which
+    ``optuna.storages.fail_stale_trials`` and the dashboard read.
     """
 
     ATTR = "seqmnist:heartbeat"
@@ -180,10 +180,9 @@ class Heartbeats:
             self._thread.join()
 
     def _record(self, trial_id: int) -> None:
-        if self.native:
+        if self.native:  # for Optuna's own tools (optuna.storages.fail_stale_trials)
             self.storage.record_heartbeat(trial_id)
-        else:
-            self.storage.set_trial_system_attr(trial_id, self.ATTR, time.time())
+        self.storage.set_trial_system_attr(trial_id, self.ATTR, time.time())
 
     def add(self, trial_id: int) -> None:
         with self._lock:
@@ -201,7 +200,8 @@ class Heartbeats:
             return
         if self.native:
             optuna.storages.fail_stale_trials(study)
-            return
+        # Also a trial with no beat at all, killed between its ask and its first beat (Optuna's
+        # check skips those): its start time counts as its last beat.
         now = time.time()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             beat = t.system_attrs.get(self.ATTR)
