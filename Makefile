@@ -14,7 +14,7 @@ export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
 .PHONY: help install train test test-fast lint format tensorboard sweep report results results-table \
-	evaluate predict bench bench-accuracy search-compare dashboard clean
+	evaluate predict bench bench-accuracy search-compare dashboard gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,8 +33,12 @@ install: $(STAMP)  ## create .venv and install the project with dev tools
 train: install  ## train the default model (extra overrides: make train ARGS="cell=gru layers=3")
 	$(PY) -m seqmnist.train $(ARGS)
 
+# Two pytest workers (pytest-xdist); a file's tests stay on one worker (its fixtures run
+# once). Each test runs torch on one thread, so two workers fit the two cores.
+XDIST ?= -n 2 --dist loadfile
+
 test: install  ## run the test suite (PYTEST_ARGS="-m 'not e2e'" to narrow it)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install  ## the in-process tests only (no subprocess, no slow ones): ~1 minute
 	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
@@ -114,6 +118,9 @@ bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (
 
 # Time to 99%: one fast99 run (validation picks the checkpoint; the full test set scores it).
 # The last log line gives val and test accuracy and the training seconds.
+gpu-check: install  ## on a GPU machine: fp16/bf16 on cuDNN, device-resident data, NCCL, bench (pass/fail table)
+	$(PY) -m seqmnist.gpu_check
+
 bench-accuracy: install  ## time to 99%: train experiment=fast99, print test accuracy and time
 	$(PY) -m seqmnist.train experiment=fast99 trainer.enable_progress_bar=false $(ARGS)
 

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image, ImageDraw
 
 from seqmnist.data import SeqMNISTDataModule
+from seqmnist.data.synthetic import make_images, write_dataset, write_idx
 from seqmnist.models import SeqClassifier
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -47,32 +48,8 @@ FAST = [
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-# -- data ---------------------------------------------------------------------------------
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write a uint8 array as an IDX file (big-endian header: magic, then each dimension)."""
-    magic = 0x0800 | array.ndim
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A learnable rule: class c lights up rows 2c+3 and 2c+4 of a noisy image."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, size=n).astype(np.uint8)
-    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(labels):
-        images[i, 2 * c + 3 : 2 * c + 5, 4:24] = 255
-    return images, labels
-
-
-def write_dataset(root: Path, folder: str = "MNIST", n_train: int = 600, n_test: int = 200) -> Path:
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for split, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
-        images, labels = make_images(n, seed)
-        write_idx(raw / f"{split}-images-idx3-ubyte", images)
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels)
-    return root
+# -- data: the synthetic IDX files live in the package (make gpu-check uses them too) -------
+__all__ = ["make_images", "write_dataset", "write_idx"]
 
 
 # -- configs composed in-process ----------------------------------------------------------
@@ -233,3 +210,15 @@ def run_sweep(*args: str, root: Path, sweep_dir: Path) -> subprocess.CompletedPr
     """``python -m seqmnist.train -m`` over tiny data into ``sweep_dir`` (``-m`` goes first)."""
     return run_module("seqmnist.train", "-m", f"data.root={root}", f"hydra.sweep.dir={sweep_dir}",
                       *FAST, *args, env=ONE_THREAD)  # fmt: skip
+
+
+class NaNOnRank(L.Callback):
+    """Poisons one rank's batch at one step, so that rank alone sees a NaN loss. Added with
+    ``+callbacks.nan._target_=tests.helpers.NaNOnRank``."""
+
+    def __init__(self, rank: int = 1, step: int = 2) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, *args: Any):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            batch[0].fill_(float("nan"))

@@ -73,3 +73,13 @@ def test_unknown_config_or_missing_gpu_is_one_clear_error(synthetic_root: Path, 
             bench.main(["--root", str(synthetic_root), "--accelerator", "gpu"])
         assert exc.value.code == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_check_says_it_skipped_on_a_machine_without_cuda(capsys, monkeypatch) -> None:
+    from seqmnist import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| skipped | no CUDA device on this machine |") == len(gpu_check.CHECKS)
+    assert "gpu-check: 5 of 5 skipped" in out

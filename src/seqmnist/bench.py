@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch
 
 from seqmnist.data import default_data_root
 from seqmnist.lightning_internals import quiet_console
-from seqmnist.machine import skip_nvml_probe_without_nvml
+from seqmnist.machine import skip_nvml_probe_without_nvml, usable_cpus
 from seqmnist.training.throughput import CONFIGS, SWITCHES, run
 
 
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "machine": {
             "cpu_threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
+            "cpus": usable_cpus(),
             "processor": platform.processor() or platform.machine(),
             "accelerator": args.accelerator,
             "gpu": torch.cuda.get_device_name(0) if args.accelerator == "gpu" else None,

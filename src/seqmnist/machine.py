@@ -8,13 +8,27 @@ import os
 import platform
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: SLURM's allocation, else the affinity mask, else all.
+
+    ``os.cpu_count()`` counts the whole node, which on a cluster is shared with other jobs.
+    """
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def describe() -> str:
     """e.g. ``Linux x86_64, 2 CPUs, 2 torch threads, no GPU, torch 2.14.1``."""
     import torch  # here, so the results table can be built without importing torch up front
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{platform.system()} {platform.machine()}, {usable_cpus()} CPUs, "
         f"{torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
     )
 

@@ -37,8 +37,17 @@ from seqmnist.runs.rundir import (
     write_metrics,
 )
 from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
+from seqmnist.training.cluster import (
+    check_shared_run_dir,
+    cpu_threads,
+    export_submitit_ranks,
+    first_process,
+    one_job,
+    rank_config,
+    spread_over_gpus,
+)
 from seqmnist.training.config import validate
-from seqmnist.training.faults import sigint_as_sigterm
+from seqmnist.training.faults import StopRequest
 from seqmnist.training.optuna_trial import pruning_callback
 
 log = logging.getLogger("seqmnist.train")
@@ -56,26 +65,14 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def cpu_threads(cfg: DictConfig) -> int | None:
-    """Threads for this run: ``threads`` if set, else cores / parallel jobs of the launcher."""
-    if cfg.get("threads"):
-        return int(cfg.threads)
-    try:
-        n_jobs = HydraConfig.get().launcher.get("n_jobs")
-    except ValueError:  # not running under Hydra (tests, notebooks)
-        return None
-    if not n_jobs or n_jobs == 1:
-        return None
-    cores = os.cpu_count() or 1
-    return max(1, cores // (cores if n_jobs < 0 else min(n_jobs, cores)))
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test one configuration; returns the metrics written to ``metrics.json``."""
     validate(cfg)
     skip_nvml_probe_without_nvml()
     if threads := cpu_threads(cfg):
         torch.set_num_threads(threads)
+    spread_over_gpus(cfg)
+    export_submitit_ranks()
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: L.LightningDataModule = build(cfg.data)
@@ -102,17 +99,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"status": "running", **hparams, "machine": describe_machine()}
     if cfg.get("resume"):
         metrics["resumed_from"] = cfg.ckpt_path
-    if trainer.is_global_zero:
+    if first_process(trainer):
         out.mkdir(parents=True, exist_ok=True)
         # .hydra/config.yaml keeps interpolations; this is what the run actually used.
         OmegaConf.save(cfg, out / RESOLVED_CONFIG, resolve=True)
         # Replaced at the end; a report of a sweep in progress shows this job as running.
         write_metrics(out, metrics)
 
+    with one_job(out / RESOLVED_CONFIG):
+        metrics = fit_and_test(cfg, trainer, model, datamodule, pruning, metrics)
+    if metrics["status"] == "pruned":
+        if trainer.is_global_zero:
+            write_metrics(out, metrics)
+            epoch = metrics["pruned_at_epoch"]
+            log.info(f"trial pruned after epoch {epoch}; {summary_line(metrics)}")
+        return metrics
+    if trainer.is_global_zero:
+        write_metrics(out, metrics)
+        log.info(summary_line(metrics))
+    return metrics
+
+
+def fit_and_test(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    pruning: L.Callback | None,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """``Trainer.fit``, then ``Trainer.test`` of the best checkpoint; the metrics so far."""
     started = time.perf_counter()
     if cfg.get("train", True):
         # Our checkpoints hold only tensors and plain values: no unpickling of objects.
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    stop = StopRequest.active
+    if stop is not None and stop.agreed(trainer):  # a signal during the last validation
+        raise SIGTERMException()
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["epochs"] = trainer.current_epoch
     best = trainer.callback_metrics.get("val/acc_best")
@@ -125,24 +148,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Neither a failure nor a completion: the search stopped it. No test: its score
         # would be of a model the search has given up on.
         metrics.update(status="pruned", pruned_at_epoch=pruning.pruned_at_epoch)
-        if trainer.is_global_zero:
-            write_metrics(out, metrics)
-            log.info(f"trial pruned after epoch {pruning.pruned_at_epoch}; {summary_line(metrics)}")
         return metrics
     if cfg.get("test", True):
+        # Without training (train=false), the checkpoint given is the one to test.
+        tested = best_path or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
         results = trainer.test(
             model,
             datamodule=datamodule,
-            ckpt_path=best_path or None,
+            ckpt_path=tested,
             verbose=False,
             weights_only=True,
         )
         metrics.update({k: float(v) for k, v in results[0].items() if k.startswith("test/")})
     metrics["status"] = "completed"
-
-    if trainer.is_global_zero:
-        write_metrics(out, metrics)
-        log.info(summary_line(metrics))
     return metrics
 
 
@@ -160,9 +178,9 @@ def summary_line(m: dict[str, Any]) -> str:
     )
 
 
-def interrupted(cfg: DictConfig, stop: sigint_as_sigterm) -> int:
+def interrupted(cfg: DictConfig, stop: StopRequest) -> int:
     """A signal stopped the run: say where its checkpoint is and how to continue."""
-    name = "Ctrl+C" if stop.exit_code == 130 else "SIGTERM"
+    name = stop.name
     out = output_dir(cfg)
     last = out / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -182,9 +200,10 @@ def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, flo
     In a single run a user error (bad value, missing data) logs one message and gives
     status 2. In a multirun a failing job is recorded as failed in its own directory and
     gives NaN, so the other jobs of the sweep still run. SIGTERM or Ctrl+C stops after the
-    current batch with a checkpoint and gives 143 / 130.
+    current batch with a checkpoint and gives 143 / 130 (the SLURM time-limit signals
+    SIGUSR1/SIGUSR2 likewise, 138 / 140).
     """
-    with sigint_as_sigterm() as stop:
+    with StopRequest() as stop:
         try:
             if cfg.get("resume"):
                 resumed = resume_config(cfg, overrides)
@@ -208,15 +227,42 @@ def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, flo
     return 0, metrics.get("val/acc_best")
 
 
+def run_rank(config_file: Path) -> int:
+    """A DDP rank > 0 that Lightning started for a job: run that job's resolved config.
+
+    Rank 0 reports the run's outcome (metrics.json, the console); a rank that stopped with
+    it on a signal or a user error exits 0, since Lightning's launcher kills every process
+    of the job, rank 0 included, as soon as one rank exits with an error.
+    """
+    rank = os.environ.get("LOCAL_RANK", "?")
+    logging.basicConfig(level=logging.WARNING, format=f"[rank: {rank}] %(message)s")
+    cfg = OmegaConf.load(config_file)
+    with StopRequest():
+        try:
+            train(cfg)
+        except (SIGTERMException, SeqMNISTError):
+            return 0
+    return 0
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns ``val/acc_best`` for sweepers to optimise."""
     hydra_cfg = HydraConfig.get()
-    status, value = run(cfg, list(hydra_cfg.overrides.task), hydra_cfg.mode == RunMode.MULTIRUN)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        run_dir_given = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+        check_shared_run_dir(multirun or run_dir_given)
+    except SeqMNISTError as e:
+        log.error(str(e))
+        sys.exit(e.EXIT_CODE)
+    status, value = run(cfg, list(hydra_cfg.overrides.task), multirun)
     if status:
         sys.exit(status)
     return value
 
 
 if __name__ == "__main__":
+    if (rank_file := rank_config()) is not None:
+        sys.exit(run_rank(rank_file))
     main()

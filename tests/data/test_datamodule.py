@@ -49,7 +49,7 @@ def test_training_order_follows_shuffle_seed_and_epoch(synthetic_root: Path) -> 
     def first_labels(shuffle_seed: int, epoch: int = 0) -> torch.Tensor:
         dm = make_dm(synthetic_root, shuffle_seed=shuffle_seed)
         loader = dm.train_dataloader()
-        loader.sampler.set_epoch(epoch)
+        loader.batch_sampler.set_epoch(epoch)
         return next(iter(loader))[1]
 
     torch.manual_seed(0)
@@ -181,6 +181,41 @@ def test_image_label_count_mismatch_is_named(copy_root: Path, tmp_path: Path) ->
 def test_bad_arguments_name_the_key(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         SeqMNISTDataModule(**kwargs)
+
+
+def test_device_resident_data_with_worker_processes_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"data.num_workers=2\).*Fix: set data.num_workers=0"):
+        SeqMNISTDataModule(device_resident=True, num_workers=2)
+
+
+def test_one_download_per_cluster_unless_asked_per_node() -> None:
+    assert SeqMNISTDataModule().prepare_data_per_node is False
+    assert SeqMNISTDataModule(download_per_node=True).prepare_data_per_node is True
+
+
+class _Trainer:
+    """The two facts load_state_dict reads from the Trainer."""
+
+    def __init__(self, world_size: int) -> None:
+        self.global_rank, self.world_size = 0, world_size
+
+
+def test_mid_epoch_state_resumes_only_with_as_many_processes(synthetic_root: Path) -> None:
+    dm = make_dm(synthetic_root)
+    dm.trainer = _Trainer(world_size=1)
+    dm.load_state_dict({"train_batches": (1, 3), "world_size": 1})
+    loader = dm.train_dataloader()
+    assert len(list(loader)) == len(loader) - 3  # the rest of epoch 1 only
+    with pytest.raises(ConfigError, match=r"run of 2 process\(es\); resuming it with 1"):
+        dm.load_state_dict({"train_batches": (1, 3), "world_size": 2})
+    dm.load_state_dict({"train_batches": (2, 0), "world_size": 2})  # an epoch's end: fine
+
+
+def test_checkpoints_before_the_rank_aware_sampler_still_resume(synthetic_root: Path) -> None:
+    dm = make_dm(synthetic_root)  # batch_size 32: 64 samples done = 2 batches
+    dm.load_state_dict({"train_position": (0, 64)})
+    loader = dm.train_dataloader()
+    assert len(list(loader)) == len(loader) - 2
 
 
 @pytest.mark.realdata

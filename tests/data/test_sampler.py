@@ -1,33 +1,71 @@
-"""The training order: a function of (seed, epoch) alone, resumable mid-epoch."""
+"""The training order: a function of (seed, epoch) alone, resumable mid-epoch, split over
+DDP ranks (train: equal shares, padded; val/test: every sample exactly once)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from seqmnist.data import SeqMNISTDataModule
-from seqmnist.data.sampler import ResumableSampler
+from seqmnist.data.sampler import EpochBatches
 
 
-def test_sampler_order_depends_only_on_seed_and_epoch() -> None:
-    a, b = ResumableSampler(100, seed=3), ResumableSampler(100, seed=3)
+def flat(batches: EpochBatches) -> list[int]:
+    return torch.cat(list(batches)).tolist()
+
+
+def test_order_depends_only_on_seed_and_epoch() -> None:
+    a, b = EpochBatches(100, 7, seed=3), EpochBatches(100, 7, seed=3)
     torch.manual_seed(0)
-    first = list(a)
+    first = flat(a)
     torch.manual_seed(1)  # the global RNG plays no part
-    assert list(b) == first and sorted(first) == list(range(100))
+    assert flat(b) == first and sorted(first) == list(range(100))
     a.set_epoch(1)
-    assert list(a) != first and sorted(a) == list(range(100))
-    assert list(ResumableSampler(100, seed=4)) != first
+    assert flat(a) != first and sorted(flat(a)) == list(range(100))
+    assert flat(EpochBatches(100, 7, seed=4)) != first
 
 
-def test_sampler_resumes_mid_epoch_once() -> None:
-    s = ResumableSampler(50, seed=0)
+def test_batches_are_index_tensors_of_the_batch_size() -> None:
+    batches = list(EpochBatches(100, 32))
+    assert [len(b) for b in batches] == [32, 32, 32, 4] == [len(b) for b in batches]
+    assert all(b.dtype == torch.long for b in batches)
+    assert len(EpochBatches(100, 32)) == 4
+
+
+def test_resumes_mid_epoch_once() -> None:
+    s = EpochBatches(50, 10, seed=0)
     s.set_epoch(2)
     full = list(s)
-    s.resume_at(2, 20)
-    assert list(s) == full[20:]
-    assert list(s) == full  # the next epoch's iterator starts from the beginning again
+    s.resume_at(2, 2)
+    assert [b.tolist() for b in s] == [b.tolist() for b in full[2:]]
+    assert len(list(s)) == 5  # the next iterator starts from the beginning again
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_training_shares_are_equal_and_cover_every_sample(world: int) -> None:
+    ranks = [EpochBatches(100, 8, seed=1, rank=r, world_size=world) for r in range(world)]
+    shares = [flat(r) for r in ranks]
+    assert len({len(s) for s in shares}) == 1  # DDP's all-reduce needs equal batch counts
+    assert len({len(r) for r in ranks}) == 1
+    assert set().union(*shares) == set(range(100))
+    # Each rank resumes within its own share.
+    ranks[1].resume_at(0, 2)
+    assert flat(ranks[1]) == shares[1][16:]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_evaluation_shares_hold_every_sample_once(world: int) -> None:
+    ranks = [EpochBatches(100, 33, shuffle=False, rank=r, world_size=world) for r in range(world)]
+    shares = [flat(r) for r in ranks]
+    assert sorted(sum(shares, [])) == list(range(100))  # no padding, no repeats
+    assert [len(r) for r in ranks] == [-(-len(s) // 33) for s in shares]
+
+
+def test_a_rank_outside_the_world_is_refused() -> None:
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        EpochBatches(10, 2, rank=2, world_size=2)
 
 
 def test_loaders_leave_the_global_rng_alone(synthetic_root: Path) -> None:

@@ -47,6 +47,11 @@ def test_learns_a_learnable_task(synthetic_root: Path, tmp_path: Path) -> None:
     ):
         assert key in m, key
     assert m["val/acc_best"] >= m["val/acc"] - 1e-6
+    # Step values reach the bar as host floats, not as prog_bar values that Lightning would
+    # read back from the device at every batch's refresh.
+    assert "train/loss" not in trainer.progress_bar_metrics
+    assert set(model.progress_values) == {"train/loss", "train/acc"}
+    assert all(type(v) is float for v in model.progress_values.values())
     after = trainer.test(model, datamodule=dm, verbose=False)[0]
     assert before < 0.3
     assert after["test/acc"] > 0.9
@@ -166,3 +171,15 @@ def test_non_finite_loss_between_logging_steps_is_caught_at_epoch_end(
     with pytest.raises(NonFiniteLossError, match="training loss became nan"):
         trainer.fit(model, datamodule=dm)
     assert calls["n"] > 3  # the epoch ran on; its mean loss carried the NaN to the check
+
+
+def test_checkpoints_from_when_the_loss_mean_was_a_mean_metric_still_load(tmp_path: Path) -> None:
+    model = SeqClassifier(net={"cell": "lstm", "hidden_size": 8}, optimizer=ADAM)
+    checkpoint = {"state_dict": dict(model.state_dict())}
+    state = checkpoint["state_dict"]
+    state["train_loss.mean_value"] = state.pop("train_loss.total")  # MeanMetric's name
+    state["train_loss.mean_value"].fill_(6.0)
+    state["train_loss.weight"].fill_(4.0)
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(state)
+    assert (model.train_loss.total.item(), model.train_loss.weight.item()) == (6.0, 4.0)

@@ -213,4 +213,6 @@ def test_the_progress_bar_shows_no_logger_version(synthetic_root, tmp_path) -> N
     finally:
         progress.ProgressBar = original
     assert shown and all("v_num" not in items for items in shown)
+    # The bar shows the step values the module read on its logging steps.
+    assert any("train/loss" in items and "train/acc" in items for items in shown)
     assert any("val/acc" in items for items in shown)

@@ -3,6 +3,7 @@ checkpoints and half-written checkpoint files."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seqmnist.train import run
-from seqmnist.training.faults import AtomicCheckpointIO, FaultTolerance
+from seqmnist.training.faults import AtomicCheckpointIO, FaultTolerance, StopRequest, rng_states
 from tests.helpers import FAST, PROJECT_ROOT, compose_config, metrics_of, user_env
 
 # Two epochs of 16 steps (500 synthetic training images, batch 32), a last.ckpt every 3
@@ -35,18 +37,28 @@ SLOW = "+callbacks.slow._target_=tests.helpers.SlowSteps"
 SAME = ["val/acc_best", "test/acc", "test/loss", "epochs", "params"]
 
 
-def start_and_signal(root: Path, run_dir: Path, sig: int) -> subprocess.CompletedProcess:
-    """Start a run, send ``sig`` once its first mid-epoch ``last.ckpt`` exists, wait."""
+def start_and_signal(
+    root: Path, run_dir: Path, sig: int, *extra: str, group: bool = False
+) -> subprocess.CompletedProcess:
+    """Start a run, send ``sig`` once its first mid-epoch ``last.ckpt`` exists, wait.
+
+    ``group``: to every process of the run, as Ctrl+C in a terminal does (DDP ranks
+    included); otherwise to the process started (rank 0), as ``kill PID`` does.
+    """
     cmd = [sys.executable, "-m", "seqmnist.train", f"data.root={root}",
-           f"hydra.run.dir={run_dir}", *RUN, SLOW]  # fmt: skip
+           f"hydra.run.dir={run_dir}", *RUN, SLOW, *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=user_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=group)  # fmt: skip
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 240
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before its first checkpoint:\n" + proc.stdout.read()
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, _ = proc.communicate(timeout=240)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
@@ -79,6 +91,42 @@ def test_rng_state_is_put_back_before_the_next_batch() -> None:
     cb.load_state_dict(state)
     cb.on_train_batch_start(None)
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_only_this_processs_own_device_generator_is_saved() -> None:
+    assert set(rng_states(torch.device("cpu"))) == {"torch", "python"}
+    # An older checkpoint's per-GPU list on a CPU-only resume: the CPU state is restored.
+    cb = FaultTolerance()
+    state = {"rng": {**rng_states(), "cuda": [torch.zeros(8, dtype=torch.uint8)]}}
+    expected = torch.rand(2)  # what comes after the saved state
+    cb.load_state_dict(state)
+    cb.on_train_batch_start(None)
+    assert torch.equal(torch.rand(2), expected)  # rewound: the same draws come again
+    cb.load_state_dict({"rng_per_rank": [state["rng"]]})  # gathered format, one rank
+    cb.on_train_batch_start(None)
+
+
+class _OneProcess:
+    world_size = 1
+
+
+@pytest.mark.parametrize(("sig", "code", "name"), [
+    (signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl+C"),
+    (signal.SIGUSR1, 138, "SIGUSR1 (the job's time limit)"),
+    (signal.SIGUSR2, 140, "SIGUSR2 (the job's time limit)"),
+])  # fmt: skip
+def test_a_signal_is_recorded_during_a_stage_and_raises_outside_one(
+    sig: int, code: int, name: str
+) -> None:
+    with StopRequest() as stop:
+        stop.deferring = True
+        os.kill(os.getpid(), sig)
+        assert stop.signal == sig and stop.agreed(_OneProcess())
+        assert (stop.exit_code, stop.name) == (code, name)
+        stop.deferring = False
+        with pytest.raises(SIGTERMException):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert StopRequest.active is None
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:

@@ -11,12 +11,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from seqmnist.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
 from seqmnist.data import idx
 from seqmnist.data.idx import DATASETS, default_data_root, load_split, missing_files
-from seqmnist.data.sampler import ResumableSampler
+from seqmnist.data.sampler import EpochBatches
 from seqmnist.data.sequences import SEQUENCE_MODES, Layout, check_step_pixels, permutation
 from seqmnist.errors import ConfigError
 from seqmnist.lightning_internals import batches_done_this_epoch
@@ -30,6 +30,7 @@ RULES: dict[str, Rule] = {
     "val_size": int_at_least(1),
     "num_workers": int_at_least(0),
     "device_resident": OPTIONAL_BOOLEAN,
+    "download_per_node": OPTIONAL_BOOLEAN,
 }
 
 
@@ -42,8 +43,9 @@ def check_arguments(values: dict[str, Any]) -> None:
 class SequenceDataset(Dataset):
     """Whole-batch indexing over in-memory tensors.
 
-    The DataLoader's fetcher calls ``__getitems__`` with a batch of indices, so a batch
-    costs one gather instead of ``batch_size`` Python calls and a collate.
+    The DataLoader's fetcher calls ``__getitems__`` with a batch of indices (a tensor from
+    :class:`~seqmnist.data.sampler.EpochBatches`), so a batch costs one gather instead of
+    ``batch_size`` Python calls and a collate.
     """
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -56,8 +58,9 @@ class SequenceDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inputs[index], self.targets[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        # Indices on the data's device: a device-resident split is gathered there.
+    def __getitems__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # The sampler already made the indices on the data's device; a list (another
+        # sampler) is copied there.
         index = torch.as_tensor(indices, dtype=torch.long, device=self.inputs.device)
         return self.inputs[index], self.targets[index]
 
@@ -90,6 +93,7 @@ class SeqMNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         shuffle_seed: int = 0,
         device_resident: bool = False,
+        download_per_node: bool = False,
     ) -> None:
         super().__init__()
         check_arguments(
@@ -102,9 +106,20 @@ class SeqMNISTDataModule(L.LightningDataModule):
                 "val_size": val_size,
                 "num_workers": num_workers,
                 "device_resident": device_resident,
+                "download_per_node": download_per_node,
             }
         )
+        if device_resident and num_workers:
+            # Worker processes are forks of this one: CUDA tensors cannot cross into them.
+            raise ConfigError(
+                f"data.device_resident=true gathers batches on the training device, which "
+                f"worker processes cannot do (data.num_workers={num_workers}). Fix: set "
+                "data.num_workers=0 (the data is in memory already) or data.device_resident=false."
+            )
         self.save_hyperparameters(logger=False)
+        # On a cluster data.root is usually on a shared file system: one download (global
+        # rank 0) instead of one per node racing to write the same files.
+        self.prepare_data_per_node = download_per_node
         self.dataset = dataset
         self.root = str(root) if root else default_data_root()
         self.batch_size = batch_size
@@ -116,7 +131,7 @@ class SeqMNISTDataModule(L.LightningDataModule):
         self.train_set: SequenceDataset | None = None
         self.val_set: SequenceDataset | None = None
         self.test_set: SequenceDataset | None = None
-        # Where a restored checkpoint left off in the training order: (epoch, samples done).
+        # Where a restored checkpoint left off in the training order: (epoch, batches done).
         self._resume_at: tuple[int, int] | None = None
 
     # -- shape facts the network is built from ---------------------------------------
@@ -184,15 +199,27 @@ class SeqMNISTDataModule(L.LightningDataModule):
         """uint8 images (N, 28, 28) -> float sequences in [0, 1], laid out as this module reads."""
         return self.layout.to_inputs(images)
 
-    def _loader(
-        self, ds: SequenceDataset | None, batch_size: int, sampler: Sampler | None = None
-    ) -> DataLoader:
+    def _rank(self) -> tuple[int, int]:
+        """(global rank, world size) of this process; (0, 1) outside a Trainer."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, ds: SequenceDataset | None, batch_size: int, shuffle: bool) -> DataLoader:
         if ds is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        rank, world_size = self._rank()
+        batches = EpochBatches(
+            len(ds),
+            batch_size,
+            shuffle=shuffle,
+            seed=self.hparams.shuffle_seed,
+            rank=rank,
+            world_size=world_size,
+            device=ds.inputs.device if ds.inputs.device.type != "cpu" else None,
+        )
         return DataLoader(
             ds,
-            batch_size=batch_size,
-            sampler=sampler,
+            batch_sampler=batches,
             collate_fn=keep_batch,
             num_workers=self.hparams.num_workers,
             # A private generator: making an iterator then draws nothing from the global RNG,
@@ -201,19 +228,17 @@ class SeqMNISTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.train_set is None:
-            raise RuntimeError("call setup() before asking for a dataloader")
-        sampler = ResumableSampler(len(self.train_set), seed=self.hparams.shuffle_seed)
+        loader = self._loader(self.train_set, self.batch_size, shuffle=True)
         if self._resume_at is not None:
-            sampler.resume_at(*self._resume_at)
+            loader.batch_sampler.resume_at(*self._resume_at)
             self._resume_at = None
-        return self._loader(self.train_set, self.batch_size, sampler)
+        return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size)
+        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size)
+        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -226,18 +251,30 @@ class SeqMNISTDataModule(L.LightningDataModule):
         if trainer is not None and trainer.state.fn == "fit":
             done = batches_done_this_epoch(trainer)
             if done >= trainer.num_training_batches:  # epoch finished: next one from the start
-                state["train_position"] = (trainer.current_epoch + 1, 0)
+                state["train_batches"] = (trainer.current_epoch + 1, 0)
             else:
-                state["train_position"] = (trainer.current_epoch, done * self.batch_size)
+                state["train_batches"] = (trainer.current_epoch, done)
+            state["world_size"] = trainer.world_size
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("permutation") is not None:
             self.permutation = state_dict["permutation"]
-        position = state_dict.get("train_position")
-        trainer = self.trainer
-        if position is not None and trainer is not None and trainer.world_size > 1:
-            # Lightning wraps the sampler to split it across ranks; an offset would skip the
-            # wrong samples, so a multi-process resume restarts the interrupted epoch.
-            position = (position[0], 0)
-        self._resume_at = tuple(position) if position is not None else None
+        position = state_dict.get("train_batches")
+        if position is None and state_dict.get("train_position") is not None:
+            # Checkpoints before the rank-aware sampler counted samples, single-process.
+            epoch, samples = state_dict["train_position"]
+            position = (epoch, samples // self.batch_size)
+        if position is None:
+            return
+        _, world_size = self._rank()
+        saved_world = state_dict.get("world_size", 1)
+        if position[1] and saved_world != world_size:
+            raise ConfigError(
+                f"this checkpoint stopped mid-epoch in a run of {saved_world} process(es); "
+                f"resuming it with {world_size} would read a different share of the epoch on "
+                f"each rank. Fix: resume with as many processes (trainer.devices x "
+                f"trainer.num_nodes = {saved_world}), or from a checkpoint saved at an "
+                "epoch's end."
+            )
+        self._resume_at = (int(position[0]), int(position[1]))

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from seqmnist.errors import NonFiniteLossError
 from seqmnist.lightning_internals import is_logging_step
+from seqmnist.models.metrics import WeightedMean
 from seqmnist.models.nets import RecurrentClassifier
 
 
@@ -60,15 +61,17 @@ class SeqClassifier(L.LightningModule):
         )
         # The per-step training metrics skip their input checks: the labels were checked
         # when the data was read, and a NaN loss is caught where the loss is read anyway
-        # (logging steps, epoch end). MeanMetric's default NaN check would otherwise read
-        # the loss back to the host every step: a device sync on a GPU.
+        # (logging steps, epoch end). A check per step would read the loss back to the
+        # host every step: a device sync on a GPU.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_loss = MeanMetric(nan_strategy="disable")
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.train_loss = WeightedMean()
+        self.val_loss = WeightedMean()
+        self.test_loss = WeightedMean()
         self.val_acc_best = MaxMetric()
+        # The latest logged training-step values as Python floats, for the progress bar.
+        self.progress_values: dict[str, float] = {}
         # Kept in checkpoints so a resumed run still knows its best validation accuracy, and
         # a run resumed mid-epoch reports the same epoch averages as one never stopped.
         for metric in (self.val_acc_best, self.train_acc, self.train_loss):
@@ -94,21 +97,40 @@ class SeqClassifier(L.LightningModule):
         self.train_loss.update(loss.detach(), weight=y.numel())
         self.train_acc.update(logits.detach(), y)
         if is_logging_step(self._trainer):
-            # Checked where the value is read anyway, so no extra device sync per step; the
-            # run stops before the epoch ends, leaving the last good checkpoint untouched.
-            self._check_finite(loss)
             batch_acc = (logits.detach().argmax(dim=-1) == y).float().mean()
-            self.log_dict({"train/loss": loss.detach(), "train/acc": batch_acc}, prog_bar=True)
+            # One read back to the host, on the steps the loggers write. The progress bar
+            # shows these floats (``progress_values``) rather than ``prog_bar=True`` values,
+            # which Lightning reads back from the device at every batch's refresh.
+            value, acc = torch.stack([loss.detach().float(), batch_acc]).tolist()
+            self.progress_values = {"train/loss": value, "train/acc": acc}
+            # Checked where the value is read anyway; the run stops before the epoch ends,
+            # leaving the last good checkpoint untouched.
+            self._check_finite(value)
+            self.log_dict({"train/loss": loss.detach(), "train/acc": batch_acc})
         return loss
 
-    def _check_finite(self, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        if math.isfinite(value):
+    def _check_finite(self, value: float) -> None:
+        """Stop on a NaN/inf loss, on every DDP rank at the same step.
+
+        Under DDP the ranks agree first (one tiny all-reduce on the steps where the loss is
+        read anyway): a rank raising alone would leave the others waiting in the next
+        gradient all-reduce.
+        """
+        bad = not math.isfinite(value)
+        trainer = self._trainer
+        where = ""
+        if trainer is not None and trainer.world_size > 1:
+            # Every rank learns the highest rank that saw it (0: none did).
+            flag = torch.tensor([trainer.global_rank + 1 if bad else 0], device=self.device)
+            seen_on = int(trainer.strategy.reduce(flag, reduce_op="max"))
+            bad, where = seen_on > 0, f" on rank {seen_on - 1}"
+        if not bad:
             self._last_finite_loss = value
             return
         last = getattr(self, "_last_finite_loss", None)
+        seen = value if not math.isfinite(value) else "non-finite"
         raise NonFiniteLossError(
-            f"the training loss became {value} at step {self.global_step} "
+            f"the training loss became {seen}{where} at step {self.global_step} "
             f"(epoch {self.current_epoch}); last finite loss: "
             f"{'none seen' if last is None else f'{last:.4g}'}. The last good checkpoint is "
             "kept. Fix: lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use "
@@ -116,8 +138,8 @@ class SeqClassifier(L.LightningModule):
         )
 
     def on_train_epoch_end(self) -> None:
-        epoch_loss = self.train_loss.compute()
-        self._check_finite(epoch_loss)
+        epoch_loss = self.train_loss.compute()  # the same on every rank: compute() reduces
+        self._check_finite(float(epoch_loss))
         # compute() already reduces across DDP ranks; sync_dist just tells Lightning so.
         self.log("train/loss_epoch", epoch_loss, sync_dist=True)
         self.log("train/acc_epoch", self.train_acc.compute(), prog_bar=True, sync_dist=True)
@@ -146,6 +168,37 @@ class SeqClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         # TensorBoard's HParams tab compares runs on this tag.
         self.log("hp_metric", self.test_acc.compute(), sync_dist=True)
+
+    # -- checkpoints under DDP ------------------------------------------------------------
+    def _epoch_sums(self) -> dict[str, Metric]:
+        """The training metrics whose states are sums over this rank's part of the epoch."""
+        return {"train_loss": self.train_loss, "train_acc": self.train_acc}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only rank 0 writes the file: its partial epoch sums alone would lose the other
+        # ranks' share. Save the sums over all ranks (every rank runs this hook).
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return
+        state = checkpoint["state_dict"]
+        for name, metric in self._epoch_sums().items():
+            metric.sync()
+            for key, value in metric.metric_state.items():
+                state[f"{name}.{key}"] = value.detach().clone()
+            metric.unsync()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        if "train_loss.mean_value" in state:  # saved when train_loss was a MeanMetric
+            state["train_loss.total"] = state.pop("train_loss.mean_value")
+        # The saved sums are every rank's together: rank 0 carries them on, the others start
+        # from zero, so the epoch's reduced mean counts each sample once.
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1 or trainer.global_rank == 0:
+            return
+        for name in self._epoch_sums():
+            for key in [k for k in state if k.startswith(f"{name}.")]:
+                state[key] = torch.zeros_like(state[key])
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

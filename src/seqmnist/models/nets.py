@@ -106,11 +106,9 @@ class RecurrentClassifier(nn.Module):
 
     def sequence_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last layer's output at every step, ``(B, T, H * directions)``."""
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN has no reduced-precision LSTM kernel on most CPUs ("could not create a
-            # primitive descriptor"), so under CPU bf16/fp16 autocast the recurrence stays
-            # float32 and only the head runs in low precision.
-            with torch.autocast("cpu", enabled=False):
+        device = x.device.type
+        if recurrence_in_float32(device):
+            with torch.autocast(device, enabled=False):
                 out, _ = self.rnn(x.float())
             return out
         if self.cpu_kernel == "fused" and cpu_gru.usable(self.rnn, x):
@@ -137,6 +135,25 @@ class RecurrentClassifier(nn.Module):
         sequence at every step, so there it is not an early answer.
         """
         return self.head(self.head_dropout(self.sequence_features(x)))
+
+
+def recurrence_in_float32(device: str) -> bool:
+    """Whether autocast on ``device`` must be switched off around the recurrent layers.
+
+    - CPU, any autocast: oneDNN has no reduced-precision LSTM kernel on most CPUs ("could
+      not create a primitive descriptor").
+    - CUDA, bf16 autocast: PyTorch runs the cuDNN RNN in float16 whatever autocast's dtype,
+      so ``precision=bf16-mixed`` would train the recurrence in fp16 with no GradScaler
+      (bf16 runs have none). fp16 autocast (``16-mixed``) keeps cuDNN's fp16 kernels: its
+      GradScaler is there.
+
+    The head still runs in low precision.
+    """
+    if not torch.is_autocast_enabled(device):
+        return False
+    return device == "cpu" or (
+        device == "cuda" and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,12 +1,13 @@
 """Surviving faults: RNG state in checkpoints, atomic checkpoint files, clean stops on
-SIGINT/SIGTERM.
+signals (Ctrl+C, SIGTERM, the SLURM time-limit signals), on one process or many.
 
 A run killed at any point and resumed from its ``last.ckpt`` (``seqmnist.runs.resume``)
 ends with the same metrics as an uninterrupted run (on CPU, single process) because
 everything that decides the next training step is in the checkpoint: weights, optimizer
-and scheduler (Lightning), loop counters (Lightning), the position in the epoch's shuffled
-order (``seqmnist.data.sampler.ResumableSampler``, via the data module's state) and the
-random number generators (:class:`FaultTolerance`).
+and scheduler (Lightning), loop counters (Lightning), each rank's position in the epoch's
+shuffled order (``seqmnist.data.sampler.EpochBatches``, via the data module's state), the
+epoch's partial metric sums of every rank (the LightningModule) and the random number
+generators (:class:`FaultTolerance`). Under DDP on CPU the same holds (tested with gloo).
 """
 
 from __future__ import annotations
@@ -54,19 +55,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
-def rng_states() -> dict[str, Any]:
-    """The global generators a training step may draw from (dropout, user code)."""
+def rng_states(device: torch.device | None = None) -> dict[str, Any]:
+    """The generators a training step may draw from (dropout, user code): the CPU's,
+    Python's, and the CUDA generator of this process's own device (not every visible GPU:
+    under DDP each rank has one, and a resume may see fewer GPUs)."""
     states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(_as_tuple(states["python"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    cuda = states.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible GPU
+        index = device.index or 0
+        if index >= len(cuda):
+            log.warning("the checkpoint has no CUDA generator state for %s; left as seeded", device)
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -74,86 +85,166 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-class FaultTolerance(L.Callback):
-    """RNG state in every checkpoint, and a checkpoint + resume hint when a signal stops the run.
+# Signals that ask a run to stop cleanly: SIGTERM (kill, Kubernetes, SLURM's end of job),
+# SIGUSR1 (the signal Lightning's SLURM docs ask for with `#SBATCH --signal=USR1@90`),
+# SIGUSR2 (what submitit asks SLURM to send before the time limit). Ctrl+C is handled too.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+SIGNAL_NAMES = {
+    signal.SIGINT: "Ctrl+C",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGUSR1: "SIGUSR1 (the job's time limit)",
+    signal.SIGUSR2: "SIGUSR2 (the job's time limit)",
+}
 
-    The generators are put back just before the first training batch after a restore:
-    that is where the checkpointed run drew from them next, whatever the restore, the
-    sanity check or the loaders drew in between.
 
-    SIGTERM (and Ctrl+C, see :func:`sigint_as_sigterm`) lets the current batch finish;
-    Lightning then raises ``SIGTERMException`` and this callback saves ``last.ckpt``.
+class StopRequest:
+    """A stop asked for by a signal, acted on where every process can agree.
+
+    The handlers only record the signal: no collective and no checkpoint inside a signal
+    handler, where it could interleave with a collective already in flight. During a
+    Trainer stage (``deferring``) :class:`FaultTolerance` acts on it at the end of a
+    training batch, on every DDP rank at the same step (see :meth:`agreed`); outside one
+    it raises ``SIGTERMException`` at once.
+
+    ``with StopRequest() as stop:`` installs the handlers; the first Ctrl+C asks for a
+    clean stop, a second one aborts.
     """
 
-    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
-        self.dirpath = dirpath
-        self.filename = filename
-        self._pending: dict[str, Any] | None = None
-        self.saved_on_signal: str | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict.get("rng")
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        if self._pending is not None:
-            set_rng_states(self._pending)
-            self._pending = None
-
-    def checkpoint_path(self, trainer: L.Trainer) -> Path:
-        folder = self.dirpath or Path(trainer.default_root_dir) / "checkpoints"
-        return Path(folder) / self.filename
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exc: BaseException):
-        # Only a signal stop is a clean point to save: the batch has finished. Other errors
-        # (a NaN loss, a crash) keep the last good checkpoint instead.
-        if not isinstance(exc, SIGTERMException) or trainer.state.fn != "fit":
-            return
-        path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        self.saved_on_signal = str(path)
-
-
-class sigint_as_sigterm:  # noqa: N801 - a context manager named for what it does
-    """Ctrl+C asks the run to stop after the current batch, like SIGTERM; a second one aborts.
-
-    Lightning stops cleanly on SIGTERM but treats Ctrl+C as an immediate interrupt, which
-    can land in the middle of an optimizer step. Routing the first Ctrl+C through SIGTERM
-    gives it the same clean stop and the same checkpoint. Outside ``Trainer.fit``/``test``
-    (where Lightning's handler is not installed) a SIGTERM raises ``SIGTERMException`` at once.
-    """
+    active: StopRequest | None = None
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.deferring = False
         self._previous: dict[int, Any] = {}
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self.signal = signal.SIGINT
-        log.warning("Ctrl+C: stopping after this batch and saving a checkpoint (again: abort now)")
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is None:
-            self.signal = signal.SIGTERM
-        # During fit/test Lightning's handler is installed and calls this one as well; it
-        # stops the loop at the end of the batch, so only raise when we are on our own.
-        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            self.signal = signum
+        if signum == signal.SIGINT:
+            log.warning("Ctrl+C: stopping after this batch with a checkpoint (again: abort now)")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not self.deferring:
             raise SIGTERMException()
+
+    def take_over(self) -> None:
+        """(Re)install the handlers. Lightning installs its own SIGTERM handler when a stage
+        starts, which stops each rank on its own and broadcasts from inside the handler;
+        :class:`FaultTolerance` calls this from its stage-start hooks to replace it."""
+        handlers = {sig: self._handle for sig in STOP_SIGNALS}
+        if self.signal is None or self.signal != signal.SIGINT:
+            handlers[signal.SIGINT] = self._handle
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+    def agreed(self, trainer: L.Trainer) -> bool:
+        """Whether any process of the run was asked to stop (an all-reduce under DDP, so
+        every rank stops at the same batch)."""
+        if trainer.world_size == 1:
+            return self.signal is not None
+        flag = torch.tensor([self.signal or 0], device=trainer.strategy.root_device)
+        agreed = int(trainer.strategy.reduce(flag, reduce_op="max"))
+        if agreed and self.signal is None:
+            self.signal = agreed  # another rank's signal: the same exit status everywhere
+        return agreed > 0
+
+    @property
+    def name(self) -> str:
+        return SIGNAL_NAMES.get(self.signal or signal.SIGTERM, f"signal {self.signal}")
 
     @property
     def exit_code(self) -> int:
         """The shell's convention: 128 + the signal number."""
         return 128 + int(self.signal or signal.SIGTERM)
 
-    def __enter__(self) -> sigint_as_sigterm:
-        for sig, handler in ((signal.SIGINT, self._on_sigint), (signal.SIGTERM, self._on_sigterm)):
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGINT, *STOP_SIGNALS):
             self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, handler)
+        self.take_over()
+        StopRequest.active = self
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        StopRequest.active = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class FaultTolerance(L.Callback):
+    """RNG state in every checkpoint, and a clean stop with a checkpoint on a signal.
+
+    The generators are put back just before the first training batch after a restore:
+    that is where the checkpointed run drew from them next, whatever the restore, the
+    sanity check or the loaders drew in between. Under DDP each rank's generators are
+    saved (gathered into rank 0's file) and each rank gets its own back.
+
+    A signal (see :class:`StopRequest`) lets the current batch finish; then every rank
+    saves ``last.ckpt`` together and raises ``SIGTERMException``.
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
+        self.dirpath = dirpath
+        self.filename = filename
+        self._pending: dict[str, Any] | None = None
+        self._trainer: L.Trainer | None = None
+        self.saved_on_signal: str | None = None
+
+    # -- generators ------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def _device(self) -> torch.device | None:
+        return self._trainer.strategy.root_device if self._trainer is not None else None
+
+    def state_dict(self) -> dict[str, Any]:
+        states = rng_states(self._device())
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return {"rng": states}
+        # Every rank builds the checkpoint; rank 0 writes it, with all ranks' generators.
+        gathered: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(gathered, states)
+        return {"rng_per_rank": gathered}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        per_rank = state_dict.get("rng_per_rank")
+        if per_rank is None:
+            self._pending = state_dict.get("rng")
+            return
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        if rank < len(per_rank):
+            self._pending = per_rank[rank]
+        else:
+            log.warning("the checkpoint has no generator state for rank %d; left as seeded", rank)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self._pending is not None:
+            set_rng_states(self._pending, self._device())
+            self._pending = None
+
+    # -- signals ---------------------------------------------------------------------
+    def _stage_starts(self, *args: Any) -> None:
+        stop = StopRequest.active
+        if stop is not None:
+            stop.take_over()
+            stop.deferring = True
+
+    on_sanity_check_start = on_train_start = on_validation_start = _stage_starts
+    on_test_start = on_predict_start = _stage_starts
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if StopRequest.active is not None:
+            StopRequest.active.deferring = False
+
+    def checkpoint_path(self, trainer: L.Trainer) -> Path:
+        folder = self.dirpath or Path(trainer.default_root_dir) / "checkpoints"
+        return Path(folder) / self.filename
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        stop = StopRequest.active
+        if stop is None or not stop.agreed(trainer):
+            return
+        # The batch has finished on every rank: a clean point to save and stop.
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path, weights_only=False)
+        self.saved_on_signal = str(path)
+        raise SIGTERMException()
