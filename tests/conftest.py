@@ -3,6 +3,7 @@ torch thread for in-process work."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,27 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# What a process launcher (Lightning's, torchrun, submitit) reads from the environment. A test
+# that leaves one set makes every later run started from this worker a rank of a job that
+# never starts: the leak is put back and reported as the test's failure.
+LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "SEQMNIST_RANK_CONFIG", "OMP_NUM_THREADS")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_launch_env_left() -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in LAUNCH_ENV}
+    yield
+    after = {k: os.environ.get(k) for k in LAUNCH_ENV}
+    changed = {k: v for k, v in after.items() if v != before[k]}
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert not changed, f"the test left launcher variables in the environment: {changed}"
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -195,15 +196,19 @@ def run_module(
     module: str, *args: str, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run ``python -m module args`` in ``cwd`` the way a user would."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=user_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run ``python -m module args`` in ``cwd`` the way a user would. On a timeout every
+    process it started (DDP ranks, sweep jobs) is ended too, not left holding cores and
+    ports for the tests after it."""
+    cmd = [sys.executable, "-m", module, *args]
+    with subprocess.Popen(cmd, cwd=cwd, env=user_env(env), text=True, start_new_session=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:  # fmt: skip
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def run_sweep(*args: str, root: Path, sweep_dir: Path) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ loudly instead of silently changing what a run logs or where a resumed run start
 from __future__ import annotations
 
 import logging
+import threading
 
 import lightning as L
 
@@ -24,6 +25,18 @@ def is_logging_step(trainer: L.Trainer | None) -> bool:
 def batches_done_this_epoch(trainer: L.Trainer) -> int:
     """Training batches completed so far in the current epoch (restored on resume)."""
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def stop_child_process_observers() -> int:
+    """Stop Lightning's watcher threads of DDP ranks it started (``_ChildProcessObserver``,
+    which SIGKILLs this process when a rank ends with a non-zero code); how many."""
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+
+    observers = [t for t in threading.enumerate() if isinstance(t, _ChildProcessObserver)]
+    for observer in observers:
+        observer._child_processes = []  # its next look finds nothing to watch, and it ends
+        observer._finished = True
+    return len(observers)
 
 
 class _DropAdvertisements(logging.Filter):

@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Replaced at the end; a report of a sweep in progress shows this job as running.
         write_metrics(out, metrics)
 
-    with one_job(out / RESOLVED_CONFIG):
+    with one_job(out / RESOLVED_CONFIG, trainer):
         metrics = fit_and_test(cfg, trainer, model, datamodule, pruning, metrics)
     if metrics["status"] == "pruned":
         if trainer.is_global_zero:
@@ -257,7 +257,10 @@ def main(cfg: DictConfig) -> float | None:
         log.error(str(e))
         sys.exit(e.EXIT_CODE)
     status, value = run(cfg, list(hydra_cfg.overrides.task), multirun)
-    if status:
+    # A job of submitit's launchers is a process of its own: it returns (its metrics.json
+    # says interrupted), so that submitit records a result and the sweep collects the rest.
+    # Elsewhere a signal stops the whole command, sweep included.
+    if status and not (multirun and os.environ.get("SUBMITIT_EXECUTOR")):
         sys.exit(status)
     return value
 

@@ -216,6 +216,18 @@ def test_checkpoints_before_the_rank_aware_sampler_still_resume(synthetic_root: 
     dm.load_state_dict({"train_position": (0, 64)})
     loader = dm.train_dataloader()
     assert len(list(loader)) == len(loader) - 2
+    # Under DDP those checkpoints kept no position: the interrupted epoch restarts.
+    dm.trainer = _Trainer(world_size=2)
+    dm.load_state_dict({"train_position": (0, 64)})
+    loader = dm.train_dataloader()
+    assert len(list(loader)) == len(loader)
+
+
+def test_a_split_smaller_than_the_ranks_is_refused(synthetic_root: Path) -> None:
+    dm = make_dm(synthetic_root, val_size=2)
+    dm.trainer = _Trainer(world_size=3)
+    with pytest.raises(ConfigError, match="a split of 2 images cannot give each of 3 processes"):
+        dm.val_dataloader()
 
 
 @pytest.mark.realdata

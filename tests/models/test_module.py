@@ -180,6 +180,8 @@ def test_checkpoints_from_when_the_loss_mean_was_a_mean_metric_still_load(tmp_pa
     state["train_loss.mean_value"] = state.pop("train_loss.total")  # MeanMetric's name
     state["train_loss.mean_value"].fill_(6.0)
     state["train_loss.weight"].fill_(4.0)
+    # MeanMetric(nan_strategy="disable") counted steps: 4 steps whose means summed to 6.
+    checkpoint["datamodule_hyper_parameters"] = {"batch_size": 2}
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(state)
-    assert (model.train_loss.total.item(), model.train_loss.weight.item()) == (6.0, 4.0)
+    assert (model.train_loss.total.item(), model.train_loss.weight.item()) == (12.0, 8.0)

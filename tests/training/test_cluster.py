@@ -35,6 +35,12 @@ def test_slurm_job_shape_follows_the_trainer() -> None:
         1, 3, True)  # fmt: skip
 
 
+def test_slurm_gpus_need_an_explicit_accelerator() -> None:
+    cfg = launcher("hydra/launcher=slurm", "trainer=ddp")  # accelerator=auto
+    with pytest.raises(Exception, match=r"trainer.accelerator=auto cannot say how many GPUs"):
+        OmegaConf.to_container(cfg, resolve=True)
+
+
 def test_num_nodes_is_a_trainer_key() -> None:
     assert compose_config("trainer.num_nodes=2").trainer.num_nodes == 2
 
@@ -56,11 +62,17 @@ def test_ranks_lightning_starts_run_the_jobs_resolved_config(tmp_path, monkeypat
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv(cluster.RANK_CONFIG_ENV, raising=False)
     config = tmp_path / "resolved_config.yaml"
-    with cluster.one_job(config):
+
+    class NoLauncher:  # a Trainer whose strategy started no processes
+        class strategy:  # noqa: N801
+            launcher = None
+
+    with cluster.one_job(config, NoLauncher()):
         assert os.environ[cluster.RANK_CONFIG_ENV] == str(config)
         assert cluster.rank_config() is None  # rank 0 runs Hydra's config
         os.environ.update(MASTER_PORT="12345", LOCAL_RANK="0", WORLD_SIZE="2")  # as Lightning
-        monkeypatch.setenv("LOCAL_RANK", "1")  # what a started rank sees
+        # Not monkeypatch.setenv: it would put back the "0" above after the test.
+        os.environ["LOCAL_RANK"] = "1"  # what a started rank sees
         assert cluster.rank_config() == config
         os.environ["LOCAL_RANK"] = "0"
     # Cleared for the next job of a multirun, which starts its own ranks.
@@ -85,8 +97,9 @@ def test_submitit_local_tasks_become_ranks(monkeypatch) -> None:
     assert (os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("1", "2")
     assert os.environ["MASTER_ADDR"] == "127.0.0.1" and int(os.environ["MASTER_PORT"]) > 0
     assert rank_zero_only.rank == 1  # this task does not write the run's files
+    # Not monkeypatch.delenv: it would put back the values it deletes after the test.
     for key in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK"):
-        monkeypatch.delenv(key)
+        del os.environ[key]
 
 
 @pytest.mark.parametrize(
@@ -110,10 +123,14 @@ def test_copies_started_by_torchrun_or_srun_need_one_run_dir(
 
 def test_threads_follow_the_cpus_slurm_gave_the_job(monkeypatch) -> None:
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert machine.usable_cpus() == 6
     monkeypatch.setattr(cluster, "parallel_jobs", lambda: (3, 0))
     assert cluster.cpu_threads(compose_config()) == 2  # 6 CPUs over 3 parallel jobs
     assert cluster.cpu_threads(compose_config("threads=5")) == 5
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (1, 0))
+    assert cluster.cpu_threads(compose_config()) == 6  # a SLURM task: all of its CPUs
+    assert os.environ.pop("OMP_NUM_THREADS") == "6"  # so Lightning's DDP does not divide them
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert machine.usable_cpus() == len(os.sched_getaffinity(0))
 

@@ -3,6 +3,7 @@ checkpoints and half-written checkpoint files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -47,19 +48,28 @@ def start_and_signal(
     """
     cmd = [sys.executable, "-m", "seqmnist.train", f"data.root={root}",
            f"hydra.run.dir={run_dir}", *RUN, SLOW, *extra]  # fmt: skip
+    # A session of its own either way, so that a run that hangs is ended with all its ranks
+    # instead of holding their ports and cores for the tests after it.
     proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=user_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=group)  # fmt: skip
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 240
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before its first checkpoint:\n" + proc.stdout.read()
-    if group:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=240)
+                            start_new_session=True)  # fmt: skip
+    try:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + 240
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is not None or not last.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("no mid-epoch checkpoint within 240 s:\n" + proc.communicate()[0])
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 

@@ -208,6 +208,12 @@ class SeqMNISTDataModule(L.LightningDataModule):
         if ds is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         rank, world_size = self._rank()
+        if len(ds) < world_size:
+            # A rank with no batch would skip the epoch's end while the others wait for it.
+            raise ConfigError(
+                f"a split of {len(ds)} images cannot give each of {world_size} processes one. "
+                "Fix: a larger data.val_size, or fewer trainer.devices."
+            )
         batches = EpochBatches(
             len(ds),
             batch_size,
@@ -261,13 +267,15 @@ class SeqMNISTDataModule(L.LightningDataModule):
         if state_dict.get("permutation") is not None:
             self.permutation = state_dict["permutation"]
         position = state_dict.get("train_batches")
+        _, world_size = self._rank()
         if position is None and state_dict.get("train_position") is not None:
-            # Checkpoints before the rank-aware sampler counted samples, single-process.
+            # Checkpoints before the rank-aware sampler: samples done in one process's order;
+            # under DDP their position was not kept, so the interrupted epoch restarts.
             epoch, samples = state_dict["train_position"]
-            position = (epoch, samples // self.batch_size)
+            position = (epoch, samples // self.batch_size if world_size == 1 else 0)
+            state_dict = {**state_dict, "world_size": world_size}
         if position is None:
             return
-        _, world_size = self._rank()
         saved_world = state_dict.get("world_size", 1)
         if position[1] and saved_world != world_size:
             raise ConfigError(

@@ -55,9 +55,13 @@ class EpochBatches(Sampler[torch.Tensor]):
         self.device = torch.device(device) if device is not None else None
         self.epoch = 0
         self._skip_batches = 0
+        # Lightning sets each epoch on ``dataloader.sampler`` and on
+        # ``dataloader.batch_sampler.sampler``, never on the batch sampler itself: this
+        # attribute is how its set_epoch reaches us.
+        self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
+        """Called by Lightning at the start of every epoch (through ``self.sampler``)."""
         self.epoch = epoch
 
     def resume_at(self, epoch: int, batches_done: int) -> None:

@@ -190,7 +190,11 @@ class SeqClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         if "train_loss.mean_value" in state:  # saved when train_loss was a MeanMetric
-            state["train_loss.total"] = state.pop("train_loss.mean_value")
+            # Whose nan_strategy="disable" counted each step once: a sum of batch means and
+            # a number of steps. In WeightedMean's units, one step is one batch of samples.
+            batch = checkpoint.get("datamodule_hyper_parameters", {}).get("batch_size", 1)
+            state["train_loss.total"] = state.pop("train_loss.mean_value") * batch
+            state["train_loss.weight"] = state["train_loss.weight"] * batch
         # The saved sums are every rank's together: rank 0 carries them on, the others start
         # from zero, so the epoch's reduced mean counts each sample once.
         trainer = self._trainer

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seqmnist.errors import ConfigError
+from seqmnist.lightning_internals import stop_child_process_observers
 from seqmnist.machine import usable_cpus
 
 log = logging.getLogger("seqmnist.cluster")
@@ -54,8 +56,15 @@ def devices_per_node(devices: Any) -> int:
 
 
 def gpus_per_node(accelerator: str, devices: Any) -> int:
-    """GPUs to ask SLURM for: one per device with ``accelerator=gpu``/``cuda``, else none."""
-    return devices_per_node(devices) if str(accelerator) in ("gpu", "cuda") else 0
+    """GPUs to ask SLURM for: one per device with ``accelerator=gpu``/``cuda``, none for cpu."""
+    if str(accelerator) in ("gpu", "cuda"):
+        return devices_per_node(devices)
+    if str(accelerator) == "cpu":
+        return 0
+    raise ConfigError(
+        f"trainer.accelerator={accelerator} cannot say how many GPUs to ask SLURM for. Fix: "
+        "trainer.accelerator=gpu (one GPU per device) or trainer.accelerator=cpu."
+    )
 
 
 def register_resolvers() -> None:
@@ -78,23 +87,46 @@ def rank_config() -> Path | None:
 
 
 @contextlib.contextmanager
-def one_job(resolved_config: Path) -> Iterator[None]:
+def one_job(resolved_config: Path, trainer: L.Trainer) -> Iterator[None]:
     """Around one job's fit and test in the process that runs it."""
     launching = "LOCAL_RANK" not in os.environ  # not itself a rank someone else started
-    before = {k: os.environ.get(k) for k in (*_LAUNCH_ENV, RANK_CONFIG_ENV)}
+    before = {k: os.environ.get(k) for k in (*_LAUNCH_ENV, RANK_CONFIG_ENV, "OMP_NUM_THREADS")}
+    threads = torch.get_num_threads()
     if launching:
         os.environ[RANK_CONFIG_ENV] = str(resolved_config)
     try:
         yield
     finally:
+        if launching:
+            end_child_ranks(trainer)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
         if launching:
+            # Lightning's launcher also divided this process's threads among the ranks.
+            torch.set_num_threads(threads)
             for key, value in before.items():
                 if value is None:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+def end_child_ranks(trainer: L.Trainer, timeout: float = 60) -> None:
+    """Wait for the ranks Lightning started for this job (they end with it), and end any
+    left waiting on a rank that failed, before the next job of a sweep starts its own.
+    Lightning's watcher of those ranks is stopped first: it would kill this process when
+    it sees one ended by a signal."""
+    procs = list(getattr(trainer.strategy.launcher, "procs", None) or [])
+    if not procs:
+        return
+    stop_child_process_observers()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("rank process %d did not end with its job; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
 
 
 # -- ranks started by submitit or by an external launcher -------------------------------
@@ -167,11 +199,16 @@ def parallel_jobs() -> tuple[int, int]:
 
 def cpu_threads(cfg: DictConfig) -> int | None:
     """Threads for this run: ``threads`` if set, else the CPUs this process may use (SLURM's
-    allocation, the affinity mask) divided by the launcher's parallel jobs."""
+    allocation, the affinity mask) divided by the launcher's parallel jobs. A SLURM task
+    gets its own ``cpus_per_task`` CPUs, which Lightning's DDP would divide by the devices
+    again: there ``OMP_NUM_THREADS`` is set, which Lightning leaves alone."""
     if cfg.get("threads"):
         return int(cfg.threads)
     n_jobs, _ = parallel_jobs()
     if n_jobs == 1:
+        if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+            os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+            return usable_cpus()
         return None
     cores = usable_cpus()
     return max(1, cores // (cores if n_jobs < 0 else min(n_jobs, cores)))

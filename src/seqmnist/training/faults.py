@@ -25,6 +25,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from seqmnist.lightning_internals import is_logging_step
+
 log = logging.getLogger("seqmnist.faults")
 
 
@@ -142,7 +144,8 @@ class StopRequest:
         if trainer.world_size == 1:
             return self.signal is not None
         flag = torch.tensor([self.signal or 0], device=trainer.strategy.root_device)
-        agreed = int(trainer.strategy.reduce(flag, reduce_op="max"))
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        agreed = int(flag)
         if agreed and self.signal is None:
             self.signal = agreed  # another rank's signal: the same exit status everywhere
         return agreed > 0
@@ -241,7 +244,13 @@ class FaultTolerance(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         stop = StopRequest.active
-        if stop is None or not stop.agreed(trainer):
+        if stop is None:
+            return
+        # Under DDP the ranks agree on the logging steps only (every log_every_n_steps,
+        # where the loss is read back anyway): no extra device sync on the other steps.
+        if trainer.world_size > 1 and not is_logging_step(trainer):
+            return
+        if not stop.agreed(trainer):
             return
         # The batch has finished on every rank: a clean point to save and stop.
         path = self.checkpoint_path(trainer)
