@@ -34,6 +34,8 @@ def test_bench_writes_json_table_and_ratio_line(
             "640",
             "--configs",
             "lstm128-bs128",
+            "--run-rounds",
+            "0",
             "--out",
             str(out),
         ]
@@ -55,12 +57,48 @@ def test_switch_rows_run_both_paths_with_the_switch_on(
 ) -> None:
     out = tmp_path / "bench.json"
     args = ["--root", str(synthetic_root), "--val-size", "100", "--rounds", "1"]
-    args += ["--samples", "256", "--switches", "--configs", "lstm128-bs128 bf16"]
+    args += [
+        "--samples",
+        "256",
+        "--switches",
+        "--configs",
+        "lstm128-bs128 bf16",
+        "--run-rounds",
+        "0",
+    ]
     bench.main([*args, "--out", str(out)])
     (row,) = json.loads(out.read_text())["results"]
     assert row["precision"] == "bf16-mixed" and not row["compile"]
     assert row["plain_samples_per_s"] > 0 and row["lightning_samples_per_s"] > 0
     assert "| lstm128-bs128 bf16-mixed |" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_whole_run_row_times_the_entry_point_against_the_plain_script(
+    synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "bench.json"
+    bench.main(["--root", str(synthetic_root), "--val-size", "100", "--rounds", "1",
+                "--samples", "256", "--configs", "lstm128-bs128 (", "--run-rounds", "1",
+                "--out", str(out)])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    whole = json.loads(out.read_text())["whole_run"]
+    assert whole["samples"] == 500 and whole["epochs"] == 1  # 600 images, 100 for validation
+    (plain,), (run,) = whole["plain_rounds"], whole["run_rounds"]
+    assert plain > 0 and run > 0 and abs(whole["ratio"] - run / plain) < 2e-3
+    step_ratio = json.loads(out.read_text())["results"][0]["ratio"]
+    # The step ratio's line stays, and the whole-run ratio's line follows it.
+    assert lines[-2:] == [f"bench: lightning/plain = {step_ratio:.3f}",
+                          f"bench: run/plain = {whole['ratio']:.3f}"]  # fmt: skip
+
+
+def test_the_plain_script_trains_and_validates(synthetic_root: Path, capsys) -> None:
+    from seqmnist.training import plain_script
+
+    plain_script.main(["--root", str(synthetic_root), "--epochs", "2", "--val-size", "100"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 1000 and result["train_seconds"] > 0
+    assert 0.0 <= result["val_acc"] <= 1.0
 
 
 def test_unknown_config_or_missing_gpu_is_one_clear_error(synthetic_root: Path, capsys) -> None:

@@ -35,7 +35,7 @@ import torch
 from seqmnist.data import default_data_root
 from seqmnist.lightning_internals import quiet_console
 from seqmnist.machine import skip_nvml_probe_without_nvml, usable_cpus
-from seqmnist.training.throughput import CONFIGS, SWITCHES, run
+from seqmnist.training.throughput import CONFIGS, SWITCHES, run, time_whole_runs
 
 
 def table(rows: list[dict]) -> str:
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
         "--switches", action="store_true", help="also time the compile and bf16-mixed switches"
     )
     parser.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--run-epochs", type=int, default=1,
+                        help="epochs of each whole run (the run/plain row)")  # fmt: skip
+    parser.add_argument("--run-rounds", type=int, default=3,
+                        help="alternating whole-run rounds (0: no run/plain row)")  # fmt: skip
     parser.add_argument("--out", default="outputs/bench/bench.json")
     args = parser.parse_args(argv)
     if args.accelerator == "gpu" and not torch.cuda.is_available():
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--configs {' '.join(wanted)}: no such config; known: "
                      f"{', '.join(c.name for c in CONFIGS + SWITCHES)}")  # fmt: skip
     rows = run(configs, args.rounds, args.samples, args.root, args.val_size, args.accelerator)
+    whole = None
+    if args.run_rounds > 0 and args.accelerator == "cpu":
+        whole = time_whole_runs(args.root, args.run_epochs, args.run_rounds, args.val_size)
     report = {
         "machine": {
             "cpu_threads": torch.get_num_threads(),
@@ -92,13 +99,20 @@ def main(argv: list[str] | None = None) -> None:
         },
         "rounds": args.rounds,
         "results": rows,
+        "whole_run": whole,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(rows))
+    if whole is not None:
+        print(f"\n{whole['name']}, {args.run_rounds} alternating rounds: plain script "
+              f"{whole['plain_samples_per_s']:,.0f} samples/s, python -m seqmnist.train "
+              f"{whole['run_samples_per_s']:,.0f} samples/s")  # fmt: skip
     print(f"\nwrote {out}")
     print(f"bench: lightning/plain = {rows[0]['ratio']:.3f}")
+    if whole is not None:
+        print(f"bench: run/plain = {whole['ratio']:.3f}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,15 @@ and writes what this measures)."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -221,3 +226,49 @@ def run(
                 }
             )
     return rows
+
+
+# -- whole runs: what a user feels ----------------------------------------------------------
+def _output(cmd: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench: {' '.join(cmd[:4])} failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def time_whole_runs(root: str, epochs: int, rounds: int, val_size: int = 5000) -> dict:
+    """``python -m seqmnist.train`` with its defaults against the plain script, alternated.
+
+    Both run as the user runs them, in a fresh process each, for ``epochs`` epochs with the
+    validation pass after every epoch; each reports the seconds from reading the data to
+    the last validation (``train_seconds``). The run renders its progress bar as on a
+    terminal (``FORCE_COLOR``), writes TensorBoard, ``last.ckpt`` every 100 steps and the
+    best checkpoint; it skips only the final test, which is outside ``train_seconds``.
+    """
+    env = {**os.environ, "FORCE_COLOR": "1", "COLUMNS": "100", "PYTHONUNBUFFERED": "1"}
+    plain, run = [], []
+    samples = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds):
+            out = _output([sys.executable, "-m", "seqmnist.training.plain_script",
+                                "--epochs", str(epochs), "--root", root,
+                                "--val-size", str(val_size)], env)  # fmt: skip
+            result = json.loads(out.strip().splitlines()[-1])
+            samples = result["samples"]
+            plain.append(samples / result["train_seconds"])
+            run_dir = Path(tmp) / f"run{i}"
+            _output([sys.executable, "-m", "seqmnist.train", f"trainer.max_epochs={epochs}",
+                          "test=false", f"data.root={root}", f"data.val_size={val_size}",
+                          f"hydra.run.dir={run_dir}"], env)  # fmt: skip
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            run.append(samples / metrics["train_seconds"])
+    return {
+        "name": f"whole run, {epochs} epoch{'s' if epochs > 1 else ''} (default recipe)",
+        "epochs": epochs,
+        "samples": samples,
+        "plain_samples_per_s": round(statistics.median(plain), 1),
+        "run_samples_per_s": round(statistics.median(run), 1),
+        "ratio": round(statistics.median(b / a for a, b in zip(plain, run, strict=True)), 3),
+        "plain_rounds": [round(v, 1) for v in plain],
+        "run_rounds": [round(v, 1) for v in run],
+    }
