@@ -149,6 +149,24 @@ def test_a_bad_storage_is_named(url: str, needle: str) -> None:
     assert needle in str(err.value) and "Fix:" in str(err.value)
 
 
+def test_two_workers_creating_one_database_at_once_both_open_it(tmp_path, monkeypatch) -> None:
+    import sqlalchemy.exc
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def lose_the_race_once(url: str, **kwargs):  # SQLite's words when the other worker won
+        calls.append(url)
+        if len(calls) == 1:
+            sqlite_says = Exception("table studies already exists")
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE studies", {}, sqlite_says)
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lose_the_race_once)
+    monkeypatch.setattr("seqmnist.training.optuna_trial.time.sleep", lambda s: None)
+    storage = open_storage(f"sqlite:///{tmp_path / 'shared.db'}")
+    assert len(calls) == 2 and isinstance(storage, real)
+
+
 def test_journal_storage_on_a_file(tmp_path: Path) -> None:
     storage = open_storage(f"journal://{tmp_path / 'study.log'}")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")

@@ -95,3 +95,21 @@ def test_compiled_net_matches_eager_and_keeps_its_state_dict_keys() -> None:
     net.compile()  # what `compile=true` does
     assert torch.allclose(net(x), eager, atol=1e-5)
     assert list(net.state_dict()) == keys
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "float32"),
+    [("cuda", torch.bfloat16, True),  # cuDNN would run it in fp16 with no GradScaler
+     ("cuda", torch.float16, False),  # 16-mixed: cuDNN's fp16 kernels, with its GradScaler
+     ("cpu", torch.bfloat16, True)],  # oneDNN has no reduced-precision LSTM kernel
+)  # fmt: skip
+def test_which_autocast_keeps_the_recurrence_in_float32(
+    monkeypatch, device: str, dtype: torch.dtype, float32: bool
+) -> None:
+    from seqmnist.models.nets import recurrence_in_float32
+
+    assert recurrence_in_float32(device) is False  # no autocast at all
+    # The CUDA rule is checked on CPU machines too: autocast's state is what it reads.
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda d: d == device)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda d: dtype)
+    assert recurrence_in_float32(device) is float32

@@ -141,9 +141,13 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                 )
-            except sqlalchemy.exc.IntegrityError:
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as e:
                 # Two workers creating a new database's tables at once: one wins, the
-                # other finds them made on its next try.
+                # other finds them made on its next try (SQLite says "table ... already
+                # exists", other databases a duplicate key).
+                racing = isinstance(e, sqlalchemy.exc.IntegrityError) or "already exists" in str(e)
+                if not racing:
+                    raise
                 time.sleep(0.5 * (attempt + 1))
         raise ConfigError(f"hydra.sweeper.storage={url}: its tables could not be created")
     except ImportError as e:  # Optuna re-raises a missing driver as a plain ImportError
