@@ -54,11 +54,21 @@ format: install  ## apply ruff's fixes and formatting
 tensorboard: install  ## TensorBoard over every run in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
 
-sweep: install  ## cells x depths x 2 seeds, 2 short epochs each (~4 min), then the report
+# Sweeps on this machine run two jobs at a time, the cores split between them (1 thread each
+# on 2 cores): small recurrent nets use one core better than two. Measured for issue 15 on the
+# 2-core machine, `make sweep`'s 12 jobs alternately both ways: see README "Performance".
+# LAUNCHER= (empty) runs one job at a time with every core.
+LAUNCHER ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
+
+# The sweep dir is named here (not found afterwards as the newest one) so another sweep running
+# at the same time cannot be mistaken for it.
+sweep: install  ## cells x depths x 2 seeds, 2 short epochs each (~2.5 min), then the report
+	@dir="outputs/train/multiruns/$$(date +%Y-%m-%d_%H-%M-%S_%6N)"; status=0; \
 	$(PY) -m seqmnist.train -m cell=rnn,lstm,gru layers=1,2 seed=0,1 trainer.max_epochs=2 \
 		trainer.limit_train_batches=150 trainer.enable_progress_bar=false \
-		callbacks.model_summary=null $(ARGS)
-	$(PY) -m seqmnist.report "$$(ls -d outputs/train/multiruns/*/ | tail -n 1)"
+		callbacks.model_summary=null $(LAUNCHER) "hydra.sweep.dir=$$dir" $(ARGS) || status=$$?; \
+	$(PY) -m seqmnist.report "$$dir" || status=$$?; \
+	exit $$status
 
 report: install  ## summarise a sweep: make report DIR=outputs/train/multiruns/<time>
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep dir>"; exit 2; }
@@ -69,9 +79,8 @@ report: install  ## summarise a sweep: make report DIR=outputs/train/multiruns/<
 # each over seeds 0,1,2, as one multirun. Read when the target runs, after the install.
 RESULTS_EXPERIMENTS ?= $(shell $(PY) -m seqmnist.results --list)
 RESULTS_SEEDS ?= 0,1,2
-# Two runs at a time, the cores split between them (1 thread each on 2 cores): small
-# recurrent nets use one core better than two, so the hour goes further this way.
-RESULTS_LAUNCHER ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
+# Two runs at a time, as `make sweep` (LAUNCHER above).
+RESULTS_LAUNCHER ?= $(LAUNCHER)
 
 # The sweep dir is named here (not found afterwards as the newest one) so another sweep running
 # at the same time cannot be mistaken for it. The table is built even when a job failed; the
@@ -116,13 +125,17 @@ predict: install  ## classify pictures: make predict CKPT=<.ckpt or run dir> IMA
 bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (outputs/bench/)
 	$(PY) -m seqmnist.bench $(ARGS)
 
-# Time to 99%: one fast99 run (validation picks the checkpoint; the full test set scores it).
-# The last log line gives val and test accuracy and the training seconds.
 gpu-check: install  ## on a GPU machine: fp16/bf16 on cuDNN, device-resident data, NCCL, bench (pass/fail table)
 	$(PY) -m seqmnist.gpu_check
 
-bench-accuracy: install  ## time to 99%: train experiment=fast99, print test accuracy and time
+# Time to 99%: one fast99 run (validation picks the checkpoint; the full test set scores it).
+# The last log line gives val and test accuracy and the training seconds.
+bench-accuracy: install  ## time to 99%: train experiment=fast99, then its plain PyTorch counterpart
 	$(PY) -m seqmnist.train experiment=fast99 trainer.enable_progress_bar=false $(ARGS)
+	@# The same recipe (conf/experiment/fast99.yaml) as a plain PyTorch script, timed alike:
+	@# its JSON line gives each epoch's validation accuracy and seconds, and the test accuracy.
+	$(PY) -m seqmnist.training.plain_script --root "$${SEQMNIST_DATA_ROOT:-data}" --epochs 8 \
+		--step-pixels 56 --lr 0.01 --onecycle --clip 1.0 --test
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

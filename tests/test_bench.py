@@ -101,6 +101,20 @@ def test_the_plain_script_trains_and_validates(synthetic_root: Path, capsys) -> 
     assert 0.0 <= result["val_acc"] <= 1.0
 
 
+def test_the_plain_script_runs_the_fast99_recipe(synthetic_root: Path, capsys) -> None:
+    from seqmnist.training import plain_script
+
+    # Patch mode, one-cycle (which raises if stepped past its total), clipping, test score.
+    plain_script.main(["--root", str(synthetic_root), "--epochs", "2", "--val-size", "100",
+                       "--step-pixels", "56", "--lr", "0.01", "--onecycle", "--clip", "1.0",
+                       "--test"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["epochs"]) == 2
+    (acc1, sec1), (acc2, sec2) = result["epochs"]
+    assert 0 < sec1 < sec2 <= result["train_seconds"] and acc2 == round(result["val_acc"], 4)
+    assert 0.0 <= result["test_acc"] <= 1.0
+
+
 def test_unknown_config_or_missing_gpu_is_one_clear_error(synthetic_root: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         bench.main(["--root", str(synthetic_root), "--configs", "lstm999"])

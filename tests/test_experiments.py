@@ -27,7 +27,7 @@ EXPECTED = {
     "fashion_row": ("fashion_mnist", "row", "lstm"),
     "smnist_lstm": ("mnist", "pixel", "lstm"),
     "psmnist_lstm": ("mnist", "permuted", "lstm"),
-    "fast99": ("mnist", "row", "lstm"),
+    "fast99": ("mnist", "patch", "lstm"),
 }
 # On top of the suite's FAST overrides (the last value wins): a couple of batches each, so the
 # 784-step pixel experiments also take seconds.
@@ -86,6 +86,16 @@ def test_best_row_recipe() -> None:
     assert cfg.model.scheduler.scheduler.max_lr == 0.003  # the peak follows optimizer.lr
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_epochs == 25
     assert cfg.data.batch_size == 128
+
+
+def test_fast99_reads_two_rows_a_step() -> None:
+    from seqmnist.data.sequences import Layout
+
+    cfg = compose_experiment("fast99")
+    layout = Layout(cfg.data.sequence, cfg.data.step_pixels)
+    assert (layout.seq_len, layout.input_size) == (14, 56)
+    assert cfg.optimizer.lr == 0.01 and cfg.model.scheduler.scheduler.max_lr == 0.01
+    assert cfg.trainer.max_epochs == 8 and cfg.trainer.gradient_clip_val == 1.0
 
 
 def test_fashion_row_is_best_row_on_fashion_mnist() -> None:

@@ -5,6 +5,13 @@ fused Adam 1e-3 on batches of 128 from in-memory data, shuffled each epoch, and 
 5,000-image validation pass after every epoch, as ``python -m seqmnist.train`` does by
 default. It prints one JSON line: the seconds from reading the files to the last
 validation (``train_seconds``, the same span as ``seqmnist.train``'s) and the accuracy.
+
+The recipe switches give ``experiment=fast99``'s counterpart (``make bench-accuracy``
+times both): ``--step-pixels 56`` (patch mode: 14 steps of two rows), ``--lr``,
+``--onecycle`` (one-cycle peaking at ``--lr``, stepped every batch, as
+conf/scheduler/onecycle.yaml), ``--clip`` (gradient norm) and ``--test`` (the best
+validation epoch's weights scored on the test set, after the clock stops). ``epochs``
+in the JSON line lists each epoch's validation accuracy and the seconds so far.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from seqmnist.data.idx import load_split
 
 
 class Net(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, input_size: int = 28) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(28, 128, batch_first=True)
+        self.lstm = nn.LSTM(input_size, 128, batch_first=True)
         self.head = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,32 +43,60 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--val-size", type=int, default=5000, help="as data.val_size")
+    parser.add_argument("--step-pixels", type=int, default=28, help="pixels per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam's (peak) learning rate")
+    parser.add_argument("--onecycle", action="store_true", help="one-cycle schedule")
+    parser.add_argument("--clip", type=float, default=0.0, help="gradient norm clip (0: none)")
+    parser.add_argument("--test", action="store_true", help="score the best epoch on test")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
 
+    def sequences(images: torch.Tensor) -> torch.Tensor:  # (N, 784/s, s) steps of s pixels
+        return images.float().div(255).reshape(len(images), -1, args.step_pixels)
+
     start = time.perf_counter()
     images, labels = load_split(args.root, "mnist", "train")
-    x = images.float().div(255)  # (N, 28, 28): 28 rows of 28 pixels
+    x = sequences(images)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(42))
     n_val = args.val_size
     val_x, val_y = x[order[:n_val]], labels[order[:n_val]]
     train_x, train_y = x[order[n_val:]], labels[order[n_val:]]
-    net = Net()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+    net = Net(args.step_pixels)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr, fused=True)
+    steps = args.epochs * -(-len(train_y) // 128)
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps, pct_start=0.25)
+             if args.onecycle else None)  # fmt: skip
+    history, best, best_state = [], -1.0, None
     for _ in range(args.epochs):
         net.train()
         for idx in torch.randperm(len(train_y)).split(128):
             loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if args.clip:
+                nn.utils.clip_grad_norm_(net.parameters(), args.clip)
             opt.step()
-        net.eval()
-        with torch.no_grad():
-            batches = zip(val_x.split(1000), val_y.split(1000), strict=True)
-            correct = sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in batches)
+            if sched is not None:
+                sched.step()
+        correct = _correct(net, val_x, val_y)
+        history.append([round(correct / len(val_y), 4), round(time.perf_counter() - start, 2)])
+        if args.test and correct > best:  # kept as the best checkpoint is
+            best, best_state = correct, {k: v.clone() for k, v in net.state_dict().items()}
     seconds = time.perf_counter() - start
-    print(json.dumps({"train_seconds": round(seconds, 3), "val_acc": correct / len(val_y),
-                      "samples": args.epochs * len(train_y)}))  # fmt: skip
+    result = {"train_seconds": round(seconds, 3), "val_acc": correct / len(val_y),
+              "samples": args.epochs * len(train_y), "epochs": history}  # fmt: skip
+    if args.test:
+        net.load_state_dict(best_state)
+        test_images, test_labels = load_split(args.root, "mnist", "test")
+        result["test_acc"] = _correct(net, sequences(test_images), test_labels) / len(test_labels)
+    print(json.dumps(result))
+
+
+def _correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    net.eval()
+    with torch.no_grad():
+        batches = zip(x.split(1000), y.split(1000), strict=True)
+        return sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in batches)
 
 
 if __name__ == "__main__":
