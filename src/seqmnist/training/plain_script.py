@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             if sched is not None:
                 sched.step()
         correct = _correct(net, val_x, val_y)
-        history.append([round(correct / len(val_y), 4), round(time.perf_counter() - start, 2)])
+        history.append([round(correct / len(val_y), 4), round(time.perf_counter() - start, 3)])
         if args.test and correct > best:  # kept as the best checkpoint is
             best, best_state = correct, {k: v.clone() for k, v in net.state_dict().items()}
     seconds = time.perf_counter() - start
