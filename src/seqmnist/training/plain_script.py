@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmnist.data.idx import load_split
+from seqmnist.errors import DataError
 
 
 class Net(nn.Module):
@@ -100,4 +102,8 @@ def _correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except DataError as e:  # the same one message as seqmnist.train's, no traceback
+        print(f"plain_script: {e}", file=sys.stderr)
+        sys.exit(2)
