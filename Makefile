@@ -60,10 +60,12 @@ tensorboard: install  ## TensorBoard over every run in outputs/
 # LAUNCHER= (empty) runs one job at a time with every core.
 LAUNCHER ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
 
-# The sweep dir is named here (not found afterwards as the newest one) so another sweep running
-# at the same time cannot be mistaken for it.
+# A new sweep dir, named before the sweep starts (not found afterwards as the newest one) so
+# another sweep running at the same time cannot be mistaken for it.
+NEW_SWEEP_DIR = outputs/train/multiruns/$$(date +%Y-%m-%d_%H-%M-%S_%6N)
+
 sweep: install  ## cells x depths x 2 seeds, 2 short epochs each (~2.5 min), then the report
-	@dir="outputs/train/multiruns/$$(date +%Y-%m-%d_%H-%M-%S_%6N)"; status=0; \
+	@dir="$(NEW_SWEEP_DIR)"; status=0; \
 	$(PY) -m seqmnist.train -m cell=rnn,lstm,gru layers=1,2 seed=0,1 trainer.max_epochs=2 \
 		trainer.limit_train_batches=150 trainer.enable_progress_bar=false \
 		callbacks.model_summary=null $(LAUNCHER) "hydra.sweep.dir=$$dir" $(ARGS) || status=$$?; \
@@ -82,11 +84,9 @@ RESULTS_SEEDS ?= 0,1,2
 # Two runs at a time, as `make sweep` (LAUNCHER above).
 RESULTS_LAUNCHER ?= $(LAUNCHER)
 
-# The sweep dir is named here (not found afterwards as the newest one) so another sweep running
-# at the same time cannot be mistaken for it. The table is built even when a job failed; the
-# target then exits 1.
+# The table is built even when a job failed; the target then exits 1.
 results: install  ## CPU experiments x seeds 0,1,2 (~70 min on 2 cores), then the README table
-	@dir="outputs/train/multiruns/$$(date +%Y-%m-%d_%H-%M-%S_%6N)"; status=0; \
+	@dir="$(NEW_SWEEP_DIR)"; status=0; \
 	echo "results: sweep dir $$dir"; \
 	$(PY) -m seqmnist.train -m experiment=$(RESULTS_EXPERIMENTS) seed=$(RESULTS_SEEDS) \
 		$(RESULTS_LAUNCHER) trainer.enable_progress_bar=false callbacks.model_summary=null \
@@ -134,8 +134,8 @@ bench-accuracy: install  ## time to 99%: train experiment=fast99, then its plain
 	$(PY) -m seqmnist.train experiment=fast99 trainer.enable_progress_bar=false $(ARGS)
 	@# The same recipe (conf/experiment/fast99.yaml) as a plain PyTorch script, timed alike:
 	@# its JSON line gives each epoch's validation accuracy and seconds, and the test accuracy.
-	$(PY) -m seqmnist.training.plain_script --root "$${SEQMNIST_DATA_ROOT:-data}" --epochs 8 \
-		--step-pixels 56 --lr 0.01 --onecycle --clip 1.0 --test
+	$(PY) -m seqmnist.training.plain_script --root "$${SEQMNIST_DATA_ROOT:-data}" \
+		--experiment fast99 --test
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

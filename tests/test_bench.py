@@ -10,6 +10,7 @@ import torch
 
 from seqmnist import bench
 from seqmnist.training import throughput
+from tests.helpers import compose_config
 
 
 def test_macs_per_sample_counts_every_gate_gemm() -> None:
@@ -113,6 +114,21 @@ def test_the_plain_script_runs_the_fast99_recipe(synthetic_root: Path, capsys) -
     (acc1, sec1), (acc2, sec2) = result["epochs"]
     assert 0 < sec1 < sec2 <= result["train_seconds"] and acc2 == round(result["val_acc"], 4)
     assert 0.0 <= result["test_acc"] <= 1.0
+
+
+def test_the_plain_script_takes_an_experiments_recipe_from_its_file() -> None:
+    from seqmnist.errors import ConfigError
+    from seqmnist.training.plain_script import experiment_recipe
+
+    cfg = compose_config("experiment=fast99")
+    assert experiment_recipe("fast99") == {
+        "epochs": cfg.trainer.max_epochs, "step_pixels": cfg.data.step_pixels,
+        "lr": cfg.optimizer.lr, "onecycle": True, "clip": cfg.trainer.gradient_clip_val,
+    }  # fmt: skip
+    assert experiment_recipe("tutorial_lstm")["onecycle"] is False  # row by row, no schedule
+    assert experiment_recipe("tutorial_lstm")["step_pixels"] == 28
+    with pytest.raises(ConfigError, match="Fix:"):
+        experiment_recipe("tutorial_gru3")  # a GRU: not this script's network
 
 
 def test_unknown_config_or_missing_gpu_is_one_clear_error(synthetic_root: Path, capsys) -> None:

@@ -10,7 +10,8 @@ The recipe switches give ``experiment=fast99``'s counterpart (``make bench-accur
 times both): ``--step-pixels 56`` (patch mode: 14 steps of two rows), ``--lr``,
 ``--onecycle`` (one-cycle peaking at ``--lr``, stepped every batch, as
 conf/scheduler/onecycle.yaml), ``--clip`` (gradient norm) and ``--test`` (the best
-validation epoch's weights scored on the test set, after the clock stops). ``epochs``
+validation epoch's weights scored on the test set, after the clock stops);
+``--experiment fast99`` takes them from conf/experiment/fast99.yaml. ``epochs``
 in the JSON line lists each epoch's validation accuracy and the seconds so far.
 """
 
@@ -20,13 +21,17 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from seqmnist.data.idx import load_split
-from seqmnist.errors import DataError
+from seqmnist.data.sequences import to_inputs
+from seqmnist.errors import ConfigError, DataError
+
+BATCH = 128
 
 
 class Net(nn.Module):
@@ -50,28 +55,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onecycle", action="store_true", help="one-cycle schedule")
     parser.add_argument("--clip", type=float, default=0.0, help="gradient norm clip (0: none)")
     parser.add_argument("--test", action="store_true", help="score the best epoch on test")
+    parser.add_argument("--experiment", help="take the switches above from conf/experiment/")
     args = parser.parse_args(argv)
+    if args.experiment:
+        parser.set_defaults(**experiment_recipe(args.experiment))
+        args = parser.parse_args(argv)  # flags given on the command line still win
     torch.manual_seed(args.seed)
-
-    def sequences(images: torch.Tensor) -> torch.Tensor:  # (N, 784/s, s) steps of s pixels
-        return images.float().div(255).reshape(len(images), -1, args.step_pixels)
 
     start = time.perf_counter()
     images, labels = load_split(args.root, "mnist", "train")
-    x = sequences(images)
+    x = to_inputs(images, "patch", args.step_pixels)  # (N, 784/s, s): 28 = row by row
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(42))
     n_val = args.val_size
     val_x, val_y = x[order[:n_val]], labels[order[:n_val]]
     train_x, train_y = x[order[n_val:]], labels[order[n_val:]]
     net = Net(args.step_pixels)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr, fused=True)
-    steps = args.epochs * -(-len(train_y) // 128)
+    steps = args.epochs * -(-len(train_y) // BATCH)
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps, pct_start=0.25)
              if args.onecycle else None)  # fmt: skip
     history, best, best_state = [], -1.0, None
     for _ in range(args.epochs):
         net.train()
-        for idx in torch.randperm(len(train_y)).split(128):
+        for idx in torch.randperm(len(train_y)).split(BATCH):
             loss = F.cross_entropy(net(train_x[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -90,8 +96,42 @@ def main(argv: list[str] | None = None) -> None:
     if args.test:
         net.load_state_dict(best_state)
         test_images, test_labels = load_split(args.root, "mnist", "test")
-        result["test_acc"] = _correct(net, sequences(test_images), test_labels) / len(test_labels)
+        test_x = to_inputs(test_images, "patch", args.step_pixels)
+        result["test_acc"] = _correct(net, test_x, test_labels) / len(test_labels)
     print(json.dumps(result))
+
+
+def experiment_recipe(name: str) -> dict:
+    """The switches of this script that follow ``conf/experiment/<name>.yaml``, the recipe's
+    one home; a recipe this script cannot follow is refused with a ConfigError."""
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={name}"])
+    sched = (cfg.get("scheduler") or {}).get("scheduler") or {}
+    onecycle = sched.get("_target_", "").endswith("OneCycleLR")
+    follows = (
+        (cfg.model.net.cell, cfg.layers, cfg.hidden, cfg.dropout, cfg.bidirectional)
+        == ("lstm", 1, 128, 0.0, False)
+        and cfg.data.batch_size == BATCH
+        and cfg.data.sequence in ("row", "patch")
+        and cfg.optimizer._target_ == "torch.optim.Adam"
+        and (not sched or (onecycle and sched.get("pct_start") == 0.25))
+    )
+    if not follows:
+        raise ConfigError(
+            f"experiment={name} is not a recipe plain_script can follow (it trains LSTM-128, "
+            f"one layer, batch {BATCH}, Adam, rows or patches, optionally one-cycle). Fix: "
+            "give the switches by hand (--step-pixels, --lr, --onecycle, --clip, --epochs)."
+        )
+    return {
+        "epochs": cfg.trainer.max_epochs,
+        "step_pixels": cfg.data.step_pixels if cfg.data.sequence == "patch" else 28,
+        "lr": cfg.optimizer.lr,
+        "onecycle": onecycle,
+        "clip": cfg.trainer.gradient_clip_val or 0.0,
+    }
 
 
 def _correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -104,6 +144,6 @@ def _correct(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 if __name__ == "__main__":
     try:
         main()
-    except DataError as e:  # the same one message as seqmnist.train's, no traceback
+    except (DataError, ConfigError) as e:  # the same one message as seqmnist.train's, no traceback
         print(f"plain_script: {e}", file=sys.stderr)
         sys.exit(2)
