@@ -85,7 +85,7 @@ RESULTS_SEEDS ?= 0,1,2
 RESULTS_LAUNCHER ?= $(LAUNCHER)
 
 # The table is built even when a job failed; the target then exits 1.
-results: install  ## CPU experiments x seeds 0,1,2 (~70 min on 2 cores), then the README table
+results: install  ## CPU experiments x seeds 0,1,2 (~45 min on 2 cores), then the README table
 	@dir="$(NEW_SWEEP_DIR)"; status=0; \
 	echo "results: sweep dir $$dir"; \
 	$(PY) -m seqmnist.train -m experiment=$(RESULTS_EXPERIMENTS) seed=$(RESULTS_SEEDS) \

@@ -37,6 +37,8 @@ def test_bench_writes_json_table_and_ratio_line(
             "lstm128-bs128",
             "--run-rounds",
             "0",
+            "--augment",
+            "affine",
             "--out",
             str(out),
         ]
@@ -44,6 +46,13 @@ def test_bench_writes_json_table_and_ratio_line(
     lines = capsys.readouterr().out.strip().splitlines()
     report = json.loads(out.read_text())
     (row,) = report["results"]
+    # The augmentation row: the default config without and with augment=affine, paired.
+    aug = report["augment"]
+    assert aug["augment"]["rotate"] == 10.0 and aug["augment"]["elastic_alpha"] == 0.0
+    (without,), (with_,) = aug["without_rounds"], aug["with_rounds"]
+    assert abs(aug["ratio"] - with_ / without) < 2e-3
+    assert aug["epoch_seconds_without"] == pytest.approx(500 / without, abs=0.006)  # 500 images
+    assert any("+ augment=affine" in ln and "s epoch" in ln for ln in lines)
     assert row["cell"] == "lstm" and row["batch_size"] == 128
     assert row["plain_samples_per_s"] > 0 and row["lightning_samples_per_s"] > 0
     (plain,), (light,) = row["plain_rounds"], row["lightning_rounds"]  # one round: its ratio
@@ -129,6 +138,8 @@ def test_the_plain_script_takes_an_experiments_recipe_from_its_file() -> None:
     assert experiment_recipe("tutorial_lstm")["step_pixels"] == 28
     with pytest.raises(ConfigError, match="Fix:"):
         experiment_recipe("tutorial_gru3")  # a GRU: not this script's network
+    with pytest.raises(ConfigError, match="augmentation"):
+        experiment_recipe("best_row")  # augmented batches and averaged weights: not here
 
 
 def test_unknown_config_or_missing_gpu_is_one_clear_error(synthetic_root: Path, capsys) -> None:
@@ -150,4 +161,4 @@ def test_gpu_check_says_it_skipped_on_a_machine_without_cuda(capsys, monkeypatch
     assert gpu_check.main([]) == 0
     out = capsys.readouterr().out
     assert out.count("| skipped | no CUDA device on this machine |") == len(gpu_check.CHECKS)
-    assert "gpu-check: 5 of 5 skipped" in out
+    assert "gpu-check: 6 of 6 skipped" in out

@@ -84,8 +84,13 @@ def test_best_row_recipe() -> None:
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.003
     assert cfg.scheduler.scheduler._target_ == "torch.optim.lr_scheduler.OneCycleLR"
     assert cfg.model.scheduler.scheduler.max_lr == 0.003  # the peak follows optimizer.lr
-    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_epochs == 25
+    assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_epochs == 50
     assert cfg.data.batch_size == 128
+    # Random affine batches (conf/augment/affine.yaml) and an EMA of the weights.
+    assert cfg.data.augment == compose_config("augment=affine").data.augment
+    assert cfg.callbacks.weight_averaging._target_.endswith("EMAWeights")
+    assert cfg.callbacks.model_checkpoint is not None  # the default callbacks stay
+    assert cfg.results.target == 0.994
 
 
 def test_fast99_reads_two_rows_a_step() -> None:
@@ -98,12 +103,24 @@ def test_fast99_reads_two_rows_a_step() -> None:
     assert cfg.trainer.max_epochs == 8 and cfg.trainer.gradient_clip_val == 1.0
 
 
-def test_fashion_row_is_best_row_on_fashion_mnist() -> None:
+def test_fashion_row_is_best_row_on_fashion_mnist_two_layers_no_augmentation() -> None:
     best, fashion = compose_experiment("best_row"), compose_experiment("fashion_row")
     assert fashion.data.dataset == "fashion_mnist"
-    assert plain(fashion, "data.dataset", "tags", "results") == plain(
-        best, "data.dataset", "tags", "results"
-    )
+    assert (fashion.layers, fashion.dropout, fashion.trainer.max_epochs) == (2, 0.2, 30)
+    assert not any(v for k, v in fashion.data.augment.items() if k != "elastic_sigma")
+    assert fashion.results.target == 0.915
+    # Everything else is best_row's.
+    differs = ("data.dataset", "data.augment", "layers", "dropout", "trainer.max_epochs",
+               "tags", "results")  # fmt: skip
+    assert plain(fashion, *differs) == plain(best, *differs)
+
+
+def test_tutorial_gru3_follows_tf1s_defaults() -> None:
+    cfg = compose_experiment("tutorial_gru3")
+    assert (cfg.layers, cfg.hidden, cfg.dropout, cfg.data.batch_size) == (3, 200, 0.2, 64)
+    assert cfg.model.net.init == "tf1" and cfg.trainer.max_epochs == 3
+    assert cfg.optimizer._target_ == "seqmnist.models.optimizers.TF1RMSprop"
+    assert (cfg.optimizer.lr, cfg.optimizer.decay, cfg.optimizer.epsilon) == (0.001, 0.9, 1e-10)
 
 
 def test_pixel_experiments() -> None:

@@ -19,8 +19,10 @@ divided by the machine's measured matmul throughput at the cell's GEMM shapes. I
 
 ``--switches`` adds rows for the speed switches of the default config (``compile=true``,
 ``trainer.precision=bf16-mixed``) so each can be measured before it is turned on;
-``--accelerator gpu`` runs everything on CUDA with the data resident on the GPU (the
-``trainer=gpu data.device_resident=true`` path).
+``--augment PRESET`` (default ``affine_elastic``) times the default config's Lightning path
+without and with that training-batch augmentation, alternated, and reports what it adds to
+an epoch; ``--augment none`` skips it. ``--accelerator gpu`` runs everything on CUDA with
+the data resident on the GPU (the ``trainer=gpu data.device_resident=true`` path).
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ import torch
 from seqmnist.data import default_data_root
 from seqmnist.lightning_internals import quiet_console
 from seqmnist.machine import skip_nvml_probe_without_nvml, usable_cpus
-from seqmnist.training.throughput import CONFIGS, SWITCHES, run, time_whole_runs
+from seqmnist.training.throughput import (
+    CONFIGS,
+    SWITCHES,
+    run,
+    time_augmentation,
+    time_whole_runs,
+)
 
 
 def table(rows: list[dict]) -> str:
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="epochs of each whole run (the run/plain row)")  # fmt: skip
     parser.add_argument("--run-rounds", type=int, default=3,
                         help="alternating whole-run rounds (0: no run/plain row)")  # fmt: skip
+    parser.add_argument("--augment", default="affine_elastic",
+                        help="augment= preset timed on the default run (none: skip)")  # fmt: skip
     parser.add_argument("--out", default="outputs/bench/bench.json")
     args = parser.parse_args(argv)
     if args.accelerator == "gpu" and not torch.cuda.is_available():
@@ -85,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--configs {' '.join(wanted)}: no such config; known: "
                      f"{', '.join(c.name for c in CONFIGS + SWITCHES)}")  # fmt: skip
     rows = run(configs, args.rounds, args.samples, args.root, args.val_size, args.accelerator)
+    augment = None
+    if args.augment != "none":
+        augment = time_augmentation(args.augment, args.rounds, args.samples, args.root,
+                                    args.val_size, args.accelerator)  # fmt: skip
     whole = None
     if args.run_rounds > 0 and args.accelerator == "cpu":
         whole = time_whole_runs(args.root, args.run_epochs, args.run_rounds, args.val_size)
@@ -99,12 +113,19 @@ def main(argv: list[str] | None = None) -> None:
         },
         "rounds": args.rounds,
         "results": rows,
+        "augment": augment,
         "whole_run": whole,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(rows))
+    if augment is not None:
+        print(f"\n{augment['name']}, {args.rounds} alternating rounds: "
+              f"{augment['without_samples_per_s']:,.0f} samples/s without, "
+              f"{augment['with_samples_per_s']:,.0f} with (x{augment['ratio']:.3f}): "
+              f"+{augment['epoch_seconds_added']:.2f} s on a "
+              f"{augment['epoch_seconds_without']:.1f} s epoch")  # fmt: skip
     if whole is not None:
         print(f"\n{whole['name']}, {args.run_rounds} alternating rounds: plain script "
               f"{whole['plain_samples_per_s']:,.0f} samples/s, python -m seqmnist.train "

@@ -10,6 +10,8 @@ machine without CUDA every row says "skipped" (exit 0): CI and the tests run on 
 - device-resident data: the split and each batch live on the GPU, the sampler's indices too
   (no host-to-device copy per batch);
 - DDP on one GPU: the NCCL process group comes up and a few steps train;
+- training-batch augmentation on CUDA: the batch stays on the GPU, the CUDA generator makes
+  the draws (same seed, same batch) and matches the CPU code's geometry;
 - ``seqmnist.bench --accelerator gpu``: the step ratio on the GPU.
 """
 
@@ -118,6 +120,33 @@ def check_nccl(root: Path) -> str:
     return f"nccl, {trainer.global_step} steps"
 
 
+def check_augment(root: Path) -> str:
+    from seqmnist.data.augment import BatchAugment
+
+    x, _ = _batches(root, "cuda", n=1)[0]
+    images = x.view(-1, 28, 28)
+    aug = BatchAugment(rotate=10, translate=0.1, scale=0.1, shear=10, elastic_alpha=34)
+    outs = []
+    for _ in range(2):
+        torch.cuda.manual_seed(3)
+        outs.append(aug(images))
+    if outs[0].device.type != "cuda" or not torch.equal(outs[0], outs[1]):
+        raise AssertionError(f"on {outs[0].device}; repeatable: {torch.equal(outs[0], outs[1])}")
+    shifted = BatchAugment(translate=2 / 28)
+    shifted_cpu = shifted._inverse_affine(4, images.cpu())
+    grid = torch.nn.functional.affine_grid(shifted_cpu.cuda(), [4, 1, 28, 28], align_corners=False)
+    cuda = torch.nn.functional.grid_sample(images[:4, None], grid, align_corners=False)
+    cpu = torch.nn.functional.grid_sample(images[:4, None].cpu(), grid.cpu(), align_corners=False)
+    diff = float((cuda.cpu() - cpu).abs().max())
+    if diff > 1e-5:
+        raise AssertionError(f"CUDA and CPU resampling differ by {diff:.2e}")
+    t0 = time.perf_counter()
+    for _ in range(100):
+        aug(images)
+    torch.cuda.synchronize()
+    return f"{(time.perf_counter() - t0) * 10:.2f} ms a batch of {len(images)}; CPU/CUDA {diff:.1e}"
+
+
 def check_bench(root: Path) -> str:
     cmd = [sys.executable, "-m", "seqmnist.bench", "--accelerator", "gpu", "--rounds", "3",
            "--configs", "lstm", "--root", str(root), "--val-size", "500",
@@ -133,6 +162,7 @@ CHECKS: list[tuple[str, Callable[[Path], str]]] = [
     ("bf16-mixed: float32 recurrence", check_bf16),
     ("device-resident data", check_device_resident),
     ("DDP on one GPU (NCCL)", check_nccl),
+    ("augmentation on CUDA", check_augment),
     ("bench --accelerator gpu", check_bench),
 ]
 

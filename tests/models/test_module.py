@@ -185,3 +185,26 @@ def test_checkpoints_from_when_the_loss_mean_was_a_mean_metric_still_load(tmp_pa
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(state)
     assert (model.train_loss.total.item(), model.train_loss.weight.item()) == (12.0, 8.0)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_label_smoothing_changes_the_training_loss_only() -> None:
+    torch.manual_seed(0)
+    kw = {"net": {"cell": "gru", "hidden_size": 8}, "optimizer": ADAM}
+    plain = SeqClassifier(**kw)
+    smooth = SeqClassifier(**kw, label_smoothing=0.2)
+    smooth.load_state_dict(plain.state_dict())
+    batch = (torch.rand(6, 28, 28), torch.tensor([0, 1, 2, 3, 4, 5]))
+    logits = plain.net(batch[0])
+    expected = torch.nn.functional.cross_entropy(logits, batch[1], label_smoothing=0.2)
+    assert torch.allclose(smooth.training_step(batch, 0), expected)
+    assert not torch.allclose(plain.training_step(batch, 0), expected)
+    # Validation and test losses are plain cross-entropy, comparable across settings.
+    assert torch.allclose(smooth._shared_step(batch)[0], plain._shared_step(batch)[0])
+
+
+def test_label_smoothing_outside_0_1_is_refused() -> None:
+    from seqmnist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.label_smoothing=1.0"):
+        SeqClassifier(net={"cell": "gru"}, optimizer=ADAM, label_smoothing=1.0)

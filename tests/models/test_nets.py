@@ -113,3 +113,43 @@ def test_which_autocast_keeps_the_recurrence_in_float32(
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda d: d == device)
     monkeypatch.setattr(torch, "get_autocast_dtype", lambda d: dtype)
     assert recurrence_in_float32(device) is float32
+
+
+@pytest.mark.parametrize(("cell", "layers", "bidirectional"),
+                         [("gru", 3, False), ("lstm", 2, True), ("rnn", 1, False)])  # fmt: skip
+def test_tf1_initialisation(cell: str, layers: int, bidirectional: bool) -> None:
+    torch.manual_seed(0)
+    h = 200
+    net = RecurrentClassifier(28, 10, cell=cell, hidden_size=h, num_layers=layers,
+                              bidirectional=bidirectional, init="tf1")  # fmt: skip
+    rnn = net.rnn
+    blocks = {"gru": [2, 1], "lstm": [4], "rnn": [1]}[cell]
+    for name, w in rnn.named_parameters():
+        if not name.startswith("weight"):
+            continue
+        fan_in = getattr(rnn, name.replace("weight_hh", "weight_ih")).shape[1] + h
+        start = 0
+        for b in blocks:
+            # Glorot-uniform over TF1's kernel (input + hidden, b * hidden): uniform in
+            # +-limit, so its largest draw is close to the limit and none beyond it.
+            limit = (6 / (fan_in + b * h)) ** 0.5
+            part = w[start : start + b * h].abs()
+            assert part.max() <= limit and part.max() > 0.95 * limit, (name, b)
+            start += b * h
+    for name, bias in rnn.named_parameters():
+        if not name.startswith("bias"):
+            continue
+        expected = torch.zeros_like(bias)
+        if cell == "gru" and name.startswith("bias_ih"):
+            expected[: 2 * h] = 1.0  # TF1 GRUCell's gate bias (reset and update)
+        if cell == "lstm" and name.startswith("bias_ih"):
+            expected[h : 2 * h] = 1.0  # forget_bias
+        assert torch.equal(bias.detach(), expected), name
+    assert torch.equal(net.head.bias.detach(), torch.zeros(10))
+    limit = (6 / (net.head.in_features + 10)) ** 0.5
+    assert net.head.weight.abs().max() <= limit
+
+
+def test_unknown_init_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="init"):
+        RecurrentClassifier(28, 10, init="keras")

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seqmnist.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
 from seqmnist.data import idx
+from seqmnist.data.augment import BatchAugment
 from seqmnist.data.idx import DATASETS, default_data_root, load_split, missing_files
 from seqmnist.data.sampler import EpochBatches
 from seqmnist.data.sequences import SEQUENCE_MODES, Layout, check_step_pixels, permutation
@@ -94,6 +95,7 @@ class SeqMNISTDataModule(L.LightningDataModule):
         shuffle_seed: int = 0,
         device_resident: bool = False,
         download_per_node: bool = False,
+        augment: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         check_arguments(
@@ -116,6 +118,10 @@ class SeqMNISTDataModule(L.LightningDataModule):
                 f"worker processes cannot do (data.num_workers={num_workers}). Fix: set "
                 "data.num_workers=0 (the data is in memory already) or data.device_resident=false."
             )
+        # Checked before anything is saved: a bad strength is one message naming its key.
+        self.augment = BatchAugment.from_config(augment)
+        # Saved as plain numbers (checkpoints load with weights_only=True: no DictConfig).
+        augment = self.augment.as_dict() if self.augment.active else None  # noqa: F841
         self.save_hyperparameters(logger=False)
         # On a cluster data.root is usually on a shared file system: one download (global
         # rank 0) instead of one per node racing to write the same files.
@@ -198,6 +204,16 @@ class SeqMNISTDataModule(L.LightningDataModule):
     def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (N, 28, 28) -> float sequences in [0, 1], laid out as this module reads."""
         return self.layout.to_inputs(images)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches only, on the training device: augment the images they show."""
+        trainer = self.trainer
+        if not self.augment.active or trainer is None or not trainer.training:
+            return batch
+        x, y = batch
+        layout = self.layout
+        images = self.augment(layout.to_images(x))
+        return layout.from_images(images).to(x.dtype), y
 
     def _rank(self) -> tuple[int, int]:
         """(global rank, world size) of this process; (0, 1) outside a Trainer."""

@@ -67,6 +67,26 @@ def sequence_view(
     return seq.contiguous()
 
 
+def image_view(
+    seqs: torch.Tensor,
+    mode: str = "row",
+    permutation: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The inverse of :func:`sequence_view`: ``(N, T, F)`` sequences -> ``(N, 28, 28)``."""
+    n = seqs.shape[0]
+    if mode == "column":
+        return seqs.transpose(1, 2).contiguous()
+    if mode == "permuted":
+        if permutation is None:
+            raise ValueError("permuted mode needs a permutation")
+        flat = torch.empty_like(seqs.reshape(n, PIXELS))
+        flat[:, permutation.to(seqs.device)] = seqs.reshape(n, PIXELS)
+        return flat.reshape(n, IMAGE_SIDE, IMAGE_SIDE)
+    if mode in ("row", "pixel", "patch"):  # raster order, cut into steps
+        return seqs.reshape(n, IMAGE_SIDE, IMAGE_SIDE)
+    raise ValueError(f"unknown sequence mode {mode!r}")
+
+
 def to_inputs(
     images: torch.Tensor,
     mode: str = "row",
@@ -102,3 +122,11 @@ class Layout:
     def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, 28, 28)`` -> float ``(N, T, F)`` in [0, 1]."""
         return to_inputs(images, self.sequence, self.step_pixels, self.permutation)
+
+    def to_images(self, inputs: torch.Tensor) -> torch.Tensor:
+        """float ``(N, T, F)`` -> float ``(N, 28, 28)``: the images the inputs were made from."""
+        return image_view(inputs, self.sequence, self.permutation)
+
+    def from_images(self, images: torch.Tensor) -> torch.Tensor:
+        """float ``(N, 28, 28)`` -> ``(N, T, F)`` (:meth:`to_inputs` without the scaling)."""
+        return sequence_view(images, self.sequence, self.step_pixels, self.permutation)

@@ -15,10 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from seqmnist.checks import Rule, number
 from seqmnist.errors import NonFiniteLossError
 from seqmnist.lightning_internals import is_logging_step
 from seqmnist.models.metrics import WeightedMean
 from seqmnist.models.nets import RecurrentClassifier
+
+LABEL_SMOOTHING: Rule = number(lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def _plain(cfg: Any) -> Any:
@@ -26,6 +29,14 @@ def _plain(cfg: Any) -> Any:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     return dict(cfg) if isinstance(cfg, Mapping) else cfg
+
+
+def _model_states(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The module states a checkpoint holds: ``state_dict``, and with weight averaging
+    (conf/callbacks/ema.yaml) also the trained weights a resumed run continues from, which
+    Lightning's WeightAveraging keeps under ``current_model_state`` (``state_dict`` then holds
+    the averaged weights that evaluation and prediction load)."""
+    return [checkpoint[k] for k in ("state_dict", "current_model_state") if k in checkpoint]
 
 
 class SeqClassifier(L.LightningModule):
@@ -39,6 +50,8 @@ class SeqClassifier(L.LightningModule):
             "monitor": metric}``. ``T_max``/``total_steps`` left unset are filled with the
             run's length in scheduler intervals.
         input_size, num_classes, class_names: taken from the data module.
+        label_smoothing: cross-entropy label smoothing of the training loss; validation and
+            test losses are plain cross-entropy, comparable across runs.
     """
 
     def __init__(
@@ -49,8 +62,10 @@ class SeqClassifier(L.LightningModule):
         input_size: int = 28,
         num_classes: int = 10,
         class_names: list[str] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        LABEL_SMOOTHING.check("model.label_smoothing", label_smoothing)
         net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
         class_names = list(class_names) if class_names is not None else None
         self.save_hyperparameters(logger=False)
@@ -80,10 +95,10 @@ class SeqClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float = 0.0):
         x, y = batch
         logits = self.net(x)
-        return F.cross_entropy(logits, y), logits, y
+        return F.cross_entropy(logits, y, label_smoothing=smoothing), logits, y
 
     # -- training -------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -91,7 +106,7 @@ class SeqClassifier(L.LightningModule):
         self.val_acc_best.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, logits, y = self._shared_step(batch)
+        loss, logits, y = self._shared_step(batch, self.hparams.label_smoothing)
         # Epoch aggregates are plain metric updates (no per-step compute or sync); the
         # per-step curves are built only on the steps the Trainer writes to its loggers.
         self.train_loss.update(loss.detach(), weight=y.numel())
@@ -180,11 +195,11 @@ class SeqClassifier(L.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.world_size == 1:
             return
-        state = checkpoint["state_dict"]
         for name, metric in self._epoch_sums().items():
             metric.sync()
             for key, value in metric.metric_state.items():
-                state[f"{name}.{key}"] = value.detach().clone()
+                for state in _model_states(checkpoint):
+                    state[f"{name}.{key}"] = value.detach().clone()
             metric.unsync()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -200,9 +215,10 @@ class SeqClassifier(L.LightningModule):
         trainer = self._trainer
         if trainer is None or trainer.world_size == 1 or trainer.global_rank == 0:
             return
-        for name in self._epoch_sums():
-            for key in [k for k in state if k.startswith(f"{name}.")]:
-                state[key] = torch.zeros_like(state[key])
+        for state in _model_states(checkpoint):
+            for name in self._epoch_sums():
+                for key in [k for k in state if k.startswith(f"{name}.")]:
+                    state[key] = torch.zeros_like(state[key])
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -12,6 +12,8 @@ from seqmnist.models import cpu_gru
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CPU_KERNELS = ("native", "fused")
+# How weights start: PyTorch's defaults, or TensorFlow 1's cells (see init_tf1).
+INITS = ("torch", "tf1")
 
 # The network's arguments that a config may get wrong. The config check names them by the
 # short keys users type (see seqmnist.training.config.SHORT_KEYS).
@@ -21,6 +23,7 @@ RULES: dict[str, Rule] = {
     "hidden_size": int_at_least(1),
     "dropout": number(lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "bidirectional": BOOLEAN,
+    "init": one_of(INITS, "choose with model.net.init=NAME", ordered=True),
 }
 
 
@@ -61,6 +64,7 @@ class RecurrentClassifier(nn.Module):
         forget_bias: float = 1.0,
         nonlinearity: str = "tanh",
         cpu_kernel: str = "native",
+        init: str = "torch",
     ) -> None:
         super().__init__()
         check_all(
@@ -71,6 +75,7 @@ class RecurrentClassifier(nn.Module):
                 "hidden_size": hidden_size,
                 "dropout": dropout,
                 "bidirectional": bidirectional,
+                "init": init,
             },
         )
         check_cpu_kernel(cell, cpu_kernel)
@@ -90,6 +95,8 @@ class RecurrentClassifier(nn.Module):
         )
         self.head_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+        if init == "tf1":
+            init_tf1(self.rnn, self.head)
         if cell == "lstm":
             self._init_forget_bias(forget_bias)
 
@@ -135,6 +142,46 @@ class RecurrentClassifier(nn.Module):
         sequence at every step, so there it is not an early answer.
         """
         return self.head(self.head_dropout(self.sequence_features(x)))
+
+
+# Gate blocks of PyTorch's stacked weights, and how many of them TF1 keeps in one kernel:
+# GRUCell has a gates kernel (r, u) and a candidate kernel; LSTMCell one kernel of 4 blocks.
+_TF1_KERNELS = {"gru": (2, 1), "lstm": (4,), "rnn": (1,)}
+
+
+@torch.no_grad()
+def init_tf1(rnn: nn.RNNBase, head: nn.Linear) -> None:
+    """TensorFlow 1's initialisation (``tf.nn.rnn_cell`` cells and ``tf.layers.dense``).
+
+    TF1 keeps one kernel of shape ``(input + hidden, blocks * hidden)`` per gate group and
+    draws it Glorot-uniform; PyTorch's ``weight_ih``/``weight_hh`` rows of a group are the
+    two halves of that kernel, so they share its limit ``sqrt(6 / (in + hidden + blocks *
+    hidden))``. Biases start at 0, except GRUCell's gate bias at 1.0 (``b_ih``; ``b_hh`` 0).
+    LSTM's forget bias of 1.0 is added by the caller, as TF1 adds ``forget_bias``. The head
+    is a Glorot-uniform dense layer with a zero bias.
+    """
+    h = rnn.hidden_size
+    kind = "gru" if isinstance(rnn, nn.GRU) else "lstm" if isinstance(rnn, nn.LSTM) else "rnn"
+    for name, weight in rnn.named_parameters():
+        if name.startswith("bias"):
+            weight.zero_()
+            if kind == "gru" and name.startswith("bias_ih"):
+                weight[: 2 * h].fill_(1.0)
+            continue
+        if not name.startswith("weight_ih"):
+            continue
+        suffix = name[len("weight_ih") :]
+        weight_hh = getattr(rnn, "weight_hh" + suffix)
+        fan_in = weight.shape[1] + h
+        start = 0
+        for blocks in _TF1_KERNELS[kind]:
+            limit = (6.0 / (fan_in + blocks * h)) ** 0.5
+            rows = slice(start, start + blocks * h)
+            weight[rows].uniform_(-limit, limit)
+            weight_hh[rows].uniform_(-limit, limit)
+            start += blocks * h
+    nn.init.xavier_uniform_(head.weight)
+    nn.init.zeros_(head.bias)
 
 
 def recurrence_in_float32(device: str) -> bool:

@@ -15,9 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqmnist.checks import OPTIONAL_BOOLEAN, Rule, int_at_least, number
 from seqmnist.data import datamodule
+from seqmnist.data.augment import BatchAugment
 from seqmnist.data.sequences import check_step_pixels
 from seqmnist.errors import ConfigError
 from seqmnist.models import nets
+from seqmnist.models.module import LABEL_SMOOTHING
 
 # The short, user-facing keys of conf/train.yaml -> the network argument each one fills
 # (model.net.<argument>: ${<short key>}).
@@ -53,6 +55,11 @@ def validate(cfg: DictConfig) -> None:
     for key, rule in rules().items():
         rule.check(key, _read(cfg, key))
     check_step_pixels(cfg.data.sequence, cfg.data.get("step_pixels"))
+    # Keys added later than some saved run configs (resume=): their defaults when absent.
+    nets.RULES["init"].check("model.net.init", cfg.model.net.get("init", "torch"))
+    LABEL_SMOOTHING.check("model.label_smoothing", cfg.model.get("label_smoothing", 0.0))
+    augment = _read(cfg, "data.augment")
+    BatchAugment.from_config(OmegaConf.to_container(augment) if augment is not None else None)
     nets.check_cpu_kernel(cfg.model.net.cell, cfg.model.net.get("cpu_kernel", "native"))
     check_accelerator(_read(cfg, "trainer.accelerator"))
 

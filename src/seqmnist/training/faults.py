@@ -175,7 +175,8 @@ class StopRequest:
 class FaultTolerance(L.Callback):
     """RNG state in every checkpoint, and a clean stop with a checkpoint on a signal.
 
-    The generators are put back just before the first training batch after a restore:
+    The generators are put back at the start of the training epoch after a restore, before
+    its first batch (and that batch's augmentation):
     that is where the checkpointed run drew from them next, whatever the restore, the
     sanity check or the loaders drew in between. Under DDP each rank's generators are
     saved (gathered into rank 0's file) and each rank gets its own back.
@@ -219,10 +220,14 @@ class FaultTolerance(L.Callback):
         else:
             log.warning("the checkpoint has no generator state for rank %d; left as seeded", rank)
 
-    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+    def _put_back(self, trainer: L.Trainer, *args: Any) -> None:
         if self._pending is not None:
             set_rng_states(self._pending, self._device())
             self._pending = None
+
+    # At the epoch's start: before the first batch is moved to the device, where training
+    # augmentation draws (seqmnist.data.augment). The batch start is kept for safety.
+    on_train_epoch_start = on_train_batch_start = _put_back
 
     # -- signals ---------------------------------------------------------------------
     def _stage_starts(self, *args: Any) -> None:

@@ -118,11 +118,16 @@ def experiment_recipe(name: str) -> dict:
         and cfg.data.sequence in ("row", "patch")
         and cfg.optimizer._target_ == "torch.optim.Adam"
         and (not sched or (onecycle and sched.get("pct_start") == 0.25))
+        # No augmentation, label smoothing or weight averaging: this loop has none of them.
+        and not any(v for k, v in cfg.data.augment.items() if k != "elastic_sigma")
+        and not cfg.model.get("label_smoothing")
+        and not (cfg.get("callbacks") or {}).get("weight_averaging")
     )
     if not follows:
         raise ConfigError(
             f"experiment={name} is not a recipe plain_script can follow (it trains LSTM-128, "
-            f"one layer, batch {BATCH}, Adam, rows or patches, optionally one-cycle). Fix: "
+            f"one layer, batch {BATCH}, Adam, rows or patches, optionally one-cycle; no "
+            "augmentation, label smoothing or weight averaging). Fix: "
             "give the switches by hand (--step-pixels, --lr, --onecycle, --clip, --epochs)."
         )
     return {

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from seqmnist.data import SeqMNISTDataModule, SequenceDataset
+from seqmnist.data.augment import BatchAugment
 from seqmnist.models import RecurrentClassifier, SeqClassifier
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -226,6 +227,62 @@ def run(
                 }
             )
     return rows
+
+
+# -- augmentation: what it adds to an epoch ---------------------------------------------------
+AUGMENT_DIR = Path(__file__).resolve().parents[3] / "conf" / "augment"
+
+
+def augment_preset(name: str) -> BatchAugment:
+    """The strengths of ``augment=NAME`` (conf/augment/NAME.yaml over none.yaml)."""
+    from omegaconf import OmegaConf
+
+    values = {}
+    for part in ("none", name):
+        node = OmegaConf.to_container(OmegaConf.load(AUGMENT_DIR / f"{part}.yaml"))
+        values.update({k: v for k, v in node.items() if k != "defaults"})
+    return BatchAugment.from_config(values)
+
+
+def time_augmentation(
+    preset: str, rounds: int, samples: int, root: str, val_size: int = 5000,
+    accelerator: str = "cpu",
+) -> dict:  # fmt: skip
+    """The default config's Lightning path without and with ``augment=preset``, alternated
+    round by round; the cost as a paired ratio and as seconds added to a 55,000-image epoch."""
+    c = CONFIGS[0]
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    dm = SeqMNISTDataModule(root=root, download=False, val_size=val_size)
+    dm.prepare_data()
+    dm.setup("fit")
+    if device != "cpu":
+        ds = dm.train_set
+        dm.train_set = SequenceDataset(ds.inputs.to(device), ds.targets.to(device))
+    steps = max(20, samples // c.batch_size)
+    off, on = BatchAugment(), augment_preset(preset)
+    without, with_ = [], []
+    with tempfile.TemporaryDirectory() as log_dir:
+        dm.augment = on
+        time_lightning(c, dm, 5, log_dir, accelerator)  # warm-up
+        for _ in range(rounds):
+            for aug, into in ((off, without), (on, with_)):
+                dm.augment = aug
+                torch.manual_seed(0)
+                into.append(time_lightning(c, dm, steps, log_dir, accelerator))
+    dm.augment = off
+    a, b = statistics.median(without), statistics.median(with_)
+    epoch = len(dm.train_set)
+    return {
+        "name": f"{c.name} + augment={preset}",
+        "augment": on.as_dict(),
+        "without_samples_per_s": round(a, 1),
+        "with_samples_per_s": round(b, 1),
+        "ratio": round(statistics.median(y / x for x, y in zip(without, with_, strict=True)), 3),
+        "epoch_seconds_without": round(epoch / a, 2),
+        "epoch_seconds_added": round(epoch / b - epoch / a, 2),
+        "without_rounds": [round(v, 1) for v in without],
+        "with_rounds": [round(v, 1) for v in with_],
+    }
 
 
 # -- whole runs: what a user feels ----------------------------------------------------------
