@@ -13,8 +13,9 @@ ifneq ($(wildcard ../shared/data/MNIST/raw),)
 export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-fast lint format tensorboard sweep report results results-table \
-	evaluate predict bench bench-accuracy search-compare dashboard gpu-check clean
+.PHONY: help install install-extras browser train test test-fast lint format tensorboard sweep \
+	report results results-table evaluate predict export export-parity demo mlflow bench bench-accuracy \
+	search-compare dashboard gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +31,30 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the project with dev tools
 
+# The optional extras (pyproject's `extras`: MLflow, W&B, ONNX export, the Gradio demo and
+# Selenium), which `make test` exercises; `make train` never needs them.
+EXTRAS_STAMP := $(VENV)/.installed-extras
+$(EXTRAS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,extras]'
+	touch $@
+
+install-extras: $(EXTRAS_STAMP) browser  ## + MLflow, W&B, ONNX, Gradio, and Chromium for the browser test
+
+# Debian's Chromium and ChromeDriver, for the demo's browser test (no browser download: the
+# test drives the system's). Installed when missing and apt-get can (root); otherwise the
+# browser tests are skipped with this reason.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium and chromium-driver for the browser test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null; } \
+		|| echo "note: apt-get could not install chromium: the browser tests will be skipped"; \
+	else \
+		echo "note: no chromium/chromedriver and no root apt-get: the browser tests will be" \
+			"skipped (sudo apt-get install chromium chromium-driver)"; \
+	fi
+
 train: install  ## train the default model (extra overrides: make train ARGS="cell=gru layers=3")
 	$(PY) -m seqmnist.train $(ARGS)
 
@@ -37,10 +62,10 @@ train: install  ## train the default model (extra overrides: make train ARGS="ce
 # once). Each test runs torch on one thread, so two workers fit the two cores.
 XDIST ?= -n 2 --dist loadfile
 
-test: install  ## run the test suite (PYTEST_ARGS="-m 'not e2e'" to narrow it)
+test: install-extras  ## run the test suite (PYTEST_ARGS="-m 'not e2e'" to narrow it)
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
-test-fast: install  ## the in-process tests only (no subprocess, no slow ones): ~1 minute
+test-fast: install  ## the in-process tests only (no subprocess, no slow ones): ~1.5 minutes
 	$(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: install  ## ruff lint and format check
@@ -121,6 +146,40 @@ evaluate: install  ## test-set report of a checkpoint: make evaluate CKPT=<.ckpt
 predict: install  ## classify pictures: make predict CKPT=<.ckpt or run dir> IMAGES="a.png dir/"
 	@test -n "$(CKPT)" && test -n "$(IMAGES)" || { echo "usage: make predict CKPT=<.ckpt or run dir> IMAGES=\"a.png dir/\" [ARGS=\"--json --save-preprocessed DIR\"]"; exit 2; }
 	$(PY) -m seqmnist.predict --ckpt "$(CKPT)" $(ARGS) $(IMAGES)
+
+export: install-extras  ## ONNX/TorchScript: make export CKPT=<.ckpt or run dir> [FORMAT=torchscript]
+	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<.ckpt or run dir> [FORMAT=onnx|torchscript] [ARGS=\"out=FILE\"]"; exit 2; }
+	$(PY) -m seqmnist.export ckpt_path="$(CKPT)" format=$(or $(FORMAT),onnx) $(ARGS)
+
+# The README's parity table: a short real-data run of each model kind (every cell, the fused
+# CPU GRU, 3 layers, bidirectional, permuted pixels), each exported both ways and checked on
+# 256 test images (~3 min). Runs land in outputs/export-parity/.
+PARITY_KINDS ?= rnn:cell=rnn lstm:cell=lstm gru-fused:cell=gru \
+	lstm-3x64:cell=lstm,layers=3,hidden=64 gru-2x-bidirectional:cell=gru,layers=2,bidirectional=true \
+	lstm-permuted:cell=lstm,data.sequence=permuted,hidden=32
+export-parity: install-extras  ## export every model kind both ways; print each parity check (~3 min)
+	@out=outputs/export-parity; mkdir -p $$out; for kind in $(PARITY_KINDS); do \
+		name=$${kind%%:*}; args=$$(echo $${kind#*:} | tr , ' '); \
+		$(PY) -m seqmnist.train $$args trainer.max_epochs=1 trainer.limit_train_batches=40 \
+			trainer.limit_val_batches=5 trainer.enable_progress_bar=false test=false \
+			callbacks.model_summary=null hydra.run.dir=$$out/$$name > $$out/$$name-console.log 2>&1 \
+			|| { echo "training $$name failed: $$out/$$name-console.log"; exit 1; }; \
+		for fmt in onnx torchscript; do \
+			$(PY) -m seqmnist.export ckpt_path=$$out/$$name format=$$fmt out=$$out/$$name/model \
+				2>&1 | sed -n "s/^.*- check on/$$name $$fmt: check on/p"; \
+		done; \
+	done
+
+PORT ?= 7860
+demo: install-extras  ## the draw-a-digit page: make demo CKPT=<.ckpt, run dir or .onnx> [PORT=7860]
+	@test -n "$(CKPT)" || { echo "usage: make demo CKPT=<.ckpt, run dir, .onnx or .pt> [PORT=7860]"; exit 2; }
+	$(PY) -m seqmnist.demo --ckpt "$(CKPT)" --port $(PORT) $(ARGS)
+
+# logger=mlflow writes to this database (conf/logger/mlflow.yaml).
+MLFLOW_DIR ?= outputs/mlflow
+mlflow: install-extras  ## the MLflow UI on the runs of logger=mlflow (outputs/mlflow/mlflow.db)
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db" \
+		--port $(or $(MLFLOW_PORT),5000)
 
 bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (outputs/bench/)
 	$(PY) -m seqmnist.bench $(ARGS)

@@ -12,7 +12,17 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "seqmnist"
 # Lower number = lower layer. Shared leaves (errors, checks, machine, lightning_internals)
 # may be imported by anyone; the commands at the top by no one.
 LAYERS = {"data": 1, "models": 1, "training": 2, "runs": 3}
-COMMANDS = {"train", "evaluate", "predict", "report", "results", "bench", "gpu_check"}
+COMMANDS = {
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "demo",
+    "report",
+    "results",
+    "bench",
+    "gpu_check",
+}
 LEAVES = {"errors", "checks", "machine", "lightning_internals"}
 
 

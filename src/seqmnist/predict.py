@@ -4,7 +4,8 @@ Usage:
   python -m seqmnist.predict --ckpt PATH [--json] [--top K] [--save-preprocessed DIR]
                              IMAGE_OR_DIR...
 
-PATH is a .ckpt file or a training run's directory (its best checkpoint is used). Each
+PATH is a .ckpt file or a training run's directory (its best checkpoint is used), or a
+network exported by seqmnist.export (.onnx, or TorchScript .pt, with its .json). Each
 input is a PNG, JPEG or BMP file of any size or colour, or a directory whose image files
 are all classified. Every picture is converted the way MNIST's digits were made: grayscale,
 inverted when the background is light, cropped to the digit, scaled so the longer side is
@@ -34,11 +35,10 @@ from seqmnist.data.images import (
     BlankImageError,
     ImageInputError,
     image_files,
-    load_image,
-    mnist_like,
+    preprocess,
 )
 from seqmnist.errors import SeqMNISTError
-from seqmnist.runs.checkpoints import LoadedCheckpoint, load_checkpoint
+from seqmnist.runs.predictor import Predictor, load_predictor
 
 
 def expand_inputs(args: list[str]) -> list[tuple[str, Path | ImageInputError]]:
@@ -76,25 +76,27 @@ def preprocessed_name(path: Path, used: set[str]) -> str:
     return name
 
 
-@torch.inference_mode()
-def classify(loaded: LoadedCheckpoint, image: np.ndarray, top: int) -> list[dict[str, Any]]:
-    """uint8 ``(28, 28)`` -> the ``top`` most likely classes, best first."""
-    x = loaded.data.to_inputs(torch.from_numpy(image)[None])
-    probs = loaded.model(x).softmax(-1)[0]
-    values, indices = probs.topk(min(top, probs.numel()))
-    names = loaded.data.class_names
+def top_classes(predictor: Predictor, probs: np.ndarray, top: int) -> list[dict[str, Any]]:
+    """Probabilities ``(C,)`` -> the ``top`` most likely classes, best first."""
+    values, indices = torch.from_numpy(probs).topk(min(top, probs.size))
+    names = predictor.data.class_names
     return [
         {"class": names[int(i)], "index": int(i), "probability": float(v)}
         for v, i in zip(values, indices, strict=True)
     ]
 
 
+def classify(predictor: Predictor, image: np.ndarray, top: int) -> list[dict[str, Any]]:
+    """uint8 ``(28, 28)`` -> the ``top`` most likely classes, best first."""
+    return top_classes(predictor, predictor.answer(image[None]).probabilities[0], top)
+
+
 def run(
     ckpt: str, inputs: list[str], top: int = 3, save_dir: str | None = None
-) -> tuple[LoadedCheckpoint, list[dict[str, Any]]]:
+) -> tuple[Predictor, list[dict[str, Any]]]:
     """Classify every input; one result dict per image or failed input (never raises for
-    a bad input, only for a bad checkpoint or output folder)."""
-    loaded = load_checkpoint(ckpt)
+    a bad input, only for a bad model file or output folder)."""
+    loaded = load_predictor(ckpt)
     out = Path(save_dir) if save_dir else None
     if out is not None:
         try:
@@ -111,7 +113,7 @@ def run(
             results.append({"input": label, "ok": False, "error": str(item)})
             continue
         try:
-            image = mnist_like(load_image(item))
+            image = preprocess(item)
         except BlankImageError as e:
             results.append(
                 {
@@ -152,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ckpt",
         required=True,
         metavar="PATH",
-        help="a .ckpt written by seqmnist.train, or its run directory (best checkpoint used)",
+        help="a .ckpt written by seqmnist.train, or its run directory (best checkpoint used), "
+        "or a .onnx/.pt written by seqmnist.export",
     )
     parser.add_argument(
         "inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of them"

@@ -49,6 +49,14 @@ from seqmnist.training.cluster import (
 from seqmnist.training.config import validate
 from seqmnist.training.faults import StopRequest
 from seqmnist.training.optuna_trial import pruning_callback
+from seqmnist.training.tracking import (
+    check_installed,
+    close,
+    log_settings,
+    prepare,
+    publish,
+    run_ids,
+)
 
 log = logging.getLogger("seqmnist.train")
 
@@ -84,6 +92,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.get("compile"):
         model.net.compile()
+    check_installed(cfg.get("logger"))
+    prepare(cfg.get("logger"))
     loggers = build_group(cfg.get("logger"))
     callbacks = build_callbacks(cfg)
     pruning = pruning_callback(cfg)  # this job is a trial of an Optuna search
@@ -92,30 +102,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
 
     hparams = {**run_settings(cfg), "params": count_parameters(model)}
-    for lg in trainer.loggers:
-        lg.log_hyperparams(hparams)
+    log_settings(trainer.loggers, hparams)
 
     out = output_dir(cfg)
     metrics: dict[str, Any] = {"status": "running", **hparams, "machine": describe_machine()}
     if cfg.get("resume"):
         metrics["resumed_from"] = cfg.ckpt_path
     if first_process(trainer):
+        if ids := run_ids(trainer.loggers):  # MLflow / W&B runs that resume= continues
+            metrics["tracking"] = ids
         out.mkdir(parents=True, exist_ok=True)
         # .hydra/config.yaml keeps interpolations; this is what the run actually used.
         OmegaConf.save(cfg, out / RESOLVED_CONFIG, resolve=True)
         # Replaced at the end; a report of a sweep in progress shows this job as running.
         write_metrics(out, metrics)
 
-    with one_job(out / RESOLVED_CONFIG, trainer):
-        metrics = fit_and_test(cfg, trainer, model, datamodule, pruning, metrics)
+    try:
+        with one_job(out / RESOLVED_CONFIG, trainer):
+            metrics = fit_and_test(cfg, trainer, model, datamodule, pruning, metrics)
+    except BaseException as e:
+        close(trainer.loggers, "killed" if isinstance(e, SIGTERMException | KeyboardInterrupt)
+              else "failed")  # fmt: skip
+        raise
     if metrics["status"] == "pruned":
         if trainer.is_global_zero:
             write_metrics(out, metrics)
+            publish(trainer.loggers, metrics.get("best_ckpt"), out / METRICS_FILE)
             epoch = metrics["pruned_at_epoch"]
             log.info(f"trial pruned after epoch {epoch}; {summary_line(metrics)}")
         return metrics
     if trainer.is_global_zero:
         write_metrics(out, metrics)
+        publish(trainer.loggers, metrics.get("best_ckpt"), out / METRICS_FILE)
         log.info(summary_line(metrics))
     return metrics
 

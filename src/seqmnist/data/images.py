@@ -137,6 +137,27 @@ def mnist_like(gray: np.ndarray) -> np.ndarray:
     return np.round(field * 255.0).astype(np.uint8)
 
 
+def preprocess(source: str | Path | Image.Image | np.ndarray) -> np.ndarray:
+    """Any digit picture -> the uint8 ``(28, 28)`` a model reads: a file path, a PIL image,
+    or an array (``(H, W)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA, as a drawing
+    canvas gives it). The one preprocessing of ``predict`` and the demo.
+
+    Raises :class:`ImageInputError` (:class:`BlankImageError` when there is no ink).
+    """
+    if isinstance(source, str | Path):
+        return mnist_like(load_image(source))
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim not in (2, 3) or source.size == 0:
+            raise ImageInputError(
+                f"expected an 8-bit picture (H, W[, 3 or 4]), got an array of shape "
+                f"{source.shape} and type {source.dtype}."
+            )
+        source = Image.fromarray(source)
+    if not isinstance(source, Image.Image):
+        raise ImageInputError(f"expected a picture, got {type(source).__name__}.")
+    return mnist_like(to_gray(source))
+
+
 def image_files(folder: Path) -> list[Path]:
     """The image files directly inside ``folder``, sorted by name."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -29,12 +29,12 @@ from torchmetrics.classification import (
 )
 
 from seqmnist.data import default_data_root, load_split
+from seqmnist.data.sequences import STEP_NAMES
 from seqmnist.errors import ConfigError
 from seqmnist.runs import plots
 from seqmnist.runs.checkpoints import LoadedCheckpoint, load_checkpoint
 from seqmnist.runs.tables import write_csv
 
-STEP_NAMES = {"row": "rows", "column": "columns", "pixel": "pixels", "permuted": "pixels"}
 BIDIRECTIONAL_NOTE = (
     "Bidirectional model: this curve is NOT an early answer. At step k the backward "
     "direction has already read steps k..T, so every point has seen the whole image."

@@ -8,6 +8,7 @@ the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seqmnist.errors import ConfigError
-from seqmnist.runs.rundir import RESOLVED_CONFIG
+from seqmnist.runs.rundir import RESOLVED_CONFIG, read_metrics
+from seqmnist.training.tracking import continue_runs
 
 # Keys a resumed run may change (``resume=DIR trainer.max_epochs=30``); everything else is
 # the run's saved config, since the checkpoint only makes sense with it.
@@ -123,4 +125,8 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         OmegaConf.update(saved, key, OmegaConf.select(parsed, key), force_add=True)
     saved.ckpt_path = str(ckpt)
     saved.resume = str(run_dir)
+    # The MLflow / W&B runs it started go on, rather than new ones beside them (a damaged
+    # metrics.json: new tracker runs, and the training still resumes).
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        continue_runs(saved, (read_metrics(run_dir) or {}).get("tracking") or {})
     return saved

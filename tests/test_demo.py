@@ -1,0 +1,214 @@
+"""The draw-a-digit page (`make demo`): its handlers in-process, then the page itself in a real
+headless Chromium (Debian's, driven by Selenium through Debian's ChromeDriver): a real test
+digit uploaded, a digit drawn with the mouse, a blank canvas and a non-image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seqmnist.data import load_split
+from seqmnist.predict import run as predict_run
+from seqmnist.runs.predictor import load_predictor
+from tests.helpers import REAL_DATA_ROOT, make_checkpoint
+
+gr = pytest.importorskip("gradio", reason="the demo extra: make install-extras")
+from seqmnist.demo import BLANK, Demo, build_app, launch, main  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def ckpt(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model to serve: SEQMNIST_DEMO_CKPT (to take the README's screenshot with a trained
+    model) or a tiny one trained on the synthetic data."""
+    if os.environ.get("SEQMNIST_DEMO_CKPT"):
+        return Path(os.environ["SEQMNIST_DEMO_CKPT"])
+    return make_checkpoint(tmp_path_factory.mktemp("demo") / "m.ckpt", synthetic_root, hidden=16)
+
+
+@pytest.fixture(scope="module")
+def test_digit(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real MNIST test digit as a PNG (the synthetic test set's first image without it)."""
+    real = (REAL_DATA_ROOT / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file()
+    images, _ = load_split(REAL_DATA_ROOT if real else synthetic_root, "mnist", "test")
+    path = tmp_path_factory.mktemp("digit") / "test_digit.png"
+    Image.fromarray(images[0].numpy()).resize((112, 112), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+# -- the handlers -------------------------------------------------------------------------
+def test_the_handlers_answer_pictures_and_explain_the_rest(
+    ckpt: Path, test_digit: Path, pictures: dict, tmp_path: Path
+) -> None:
+    demo = Demo(load_predictor(ckpt), tmp_path)
+    status, top, seen, gif, fig, slider, reading = demo.outputs(str(test_digit))
+    assert "read in" in status and len(top) == 3 and seen.size == (280, 280)
+    assert Path(gif).is_file() and slider["maximum"] == 28 and reading.steps == 28
+    frame, curve, text = demo.after(reading, 7)
+    assert frame.size == (280, 280) and curve is not None and "After 7 of 28 rows" in text
+
+    for nothing in (None, {"composite": np.zeros((280, 280, 4), np.uint8)}):
+        from seqmnist.demo import read_canvas
+
+        status, *rest = demo.outputs(read_canvas(nothing))
+        assert status == BLANK and rest[0] is None
+    status, *_ = demo.outputs(str(pictures["text"]))
+    assert "not a picture that can be read" in status and "Traceback" not in status
+    status, *_ = demo.outputs(str(pictures["truncated"]))
+    assert "truncated or corrupt" in status
+
+
+def test_demo_refuses_a_bad_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "bad.ckpt").write_text("no")
+    assert main(["--ckpt", str(tmp_path / "bad.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a PyTorch checkpoint" in err
+
+
+# -- the page in a browser ----------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page(ckpt: Path) -> Iterator[str]:
+    app = build_app(load_predictor(ckpt))
+    port = free_port()
+    launch(app, "127.0.0.1", port, block=False)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not (CHROMIUM and CHROMEDRIVER):
+        reason = "Chromium and ChromeDriver are not installed (make install-extras does it)"
+        if os.environ.get("SEQMNIST_REQUIRE_BROWSER"):  # CI: the browser tests must run
+            pytest.fail(reason)
+        pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    # Headless, no sandbox (root in CI), and none of Chromium's own calls home: the network
+    # here is closed, and they would only be refused.
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                "--disable-sync", "--window-size=1280,1250"):  # fmt: skip
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, url: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 60).until(ec.element_to_be_clickable((By.ID, "read")))
+    return By, WebDriverWait
+
+
+def wait_status(driver, By, WebDriverWait, says: str) -> str:  # noqa: N803
+    """The status line once it ``says`` something and Gradio's "processing" overlay is gone."""
+
+    def text(d) -> str | bool:
+        t = d.find_element(By.ID, "status").text
+        return t if says in t and "processing" not in t else False
+
+    return WebDriverWait(driver, 60).until(text)
+
+
+def top_classes(driver, By, WebDriverWait) -> list[str]:  # noqa: N803
+    """The Label's rows, best first: its text is its title, the top class in large type,
+    then each class and its percentage."""
+
+    def rows(d) -> list[str]:
+        lines = d.find_element(By.ID, "top").text.splitlines()
+        return [lines[i] for i in range(2, len(lines) - 1, 2) if lines[i + 1].endswith("%")]
+
+    WebDriverWait(driver, 30).until(lambda d: len(rows(d)) > 0)
+    return rows(driver)
+
+
+@pytest.mark.e2e
+def test_uploading_a_real_test_digit_shows_what_predict_says(
+    browser, page: str, ckpt: Path, test_digit: Path, tmp_path: Path
+) -> None:
+    By, WebDriverWait = open_page(browser, page)  # noqa: N806
+    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Upload')]").click()
+    upload = WebDriverWait(browser, 20).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")
+    )
+    upload.send_keys(str(test_digit))
+    status = wait_status(browser, By, WebDriverWait, "read in")
+    _, results = predict_run(str(ckpt), [str(test_digit)])
+    expected = [t["class"] for t in results[0]["top"]]
+    assert top_classes(browser, By, WebDriverWait) == expected
+    assert status.startswith(f"{expected[0]} (")
+    # The anytime view: the reading, the curve and the slider through the rows.
+    assert browser.find_element(By.CSS_SELECTOR, "#reading img").get_attribute("src")
+    assert browser.find_element(By.CSS_SELECTOR, "#curve img, #curve svg, #curve canvas")
+    assert browser.find_element(By.ID, "steps").is_displayed()
+    browser.save_screenshot(str(tmp_path / "upload.png"))
+
+
+@pytest.mark.e2e
+def test_a_digit_drawn_with_the_mouse_is_read(browser, page: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    By, WebDriverWait = open_page(browser, page)  # noqa: N806
+    browser.find_element(By.CSS_SELECTOR, "#canvas button[aria-label='Brush']").click()
+    canvas = browser.find_elements(By.CSS_SELECTOR, "#canvas canvas")[-1]
+    # A '7': the bar, then the stem, in small moves as a hand makes them (offsets in px
+    # from the canvas centre, inside its 280x280 drawing area).
+    strokes = ActionChains(browser)
+    x0, y0 = -60, -75
+    strokes.move_to_element_with_offset(canvas, x0, y0).click_and_hold()
+    for x1, y1 in ((60, -75), (-12, 85)):
+        for i in range(1, 11):
+            strokes.move_to_element_with_offset(
+                canvas, x0 + (x1 - x0) * i // 10, y0 + (y1 - y0) * i // 10
+            )
+        x0, y0 = x1, y1
+    strokes.release().perform()
+    started = time.perf_counter()
+    browser.find_element(By.ID, "read").click()
+    status = wait_status(browser, By, WebDriverWait, "read in")
+    seconds = time.perf_counter() - started
+    assert len(top_classes(browser, By, WebDriverWait)) == 3
+    shot = os.environ.get("SEQMNIST_DEMO_SCREENSHOT") or str(tmp_path / "drawn.png")
+    browser.save_screenshot(shot)
+    print(f"drawn digit answered on the page in {seconds:.2f} s: {status}")
+
+
+@pytest.mark.e2e
+def test_a_blank_canvas_and_a_non_image_get_a_message(browser, page: str, pictures: dict) -> None:
+    By, WebDriverWait = open_page(browser, page)  # noqa: N806
+    browser.find_element(By.ID, "read").click()
+    wait_status(browser, By, WebDriverWait, "Nothing to read: the canvas is blank")
+    browser.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Upload')]").click()
+    upload = WebDriverWait(browser, 20).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")
+    )
+    upload.send_keys(str(pictures["text"]))
+    wait_status(browser, By, WebDriverWait, "not a picture that can be read")
+    assert "Traceback" not in browser.page_source
