@@ -67,3 +67,21 @@ def test_the_litlogger_tip_is_dropped_and_the_rest_kept(
     import lightning_utilities.core.rank_zero as rank_zero
 
     assert len([f for f in rank_zero.log.filters if "Advert" in type(f).__name__]) == 1
+
+
+def test_wandb_run_started_tells_a_started_run_from_one_not_yet_begun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb", reason="the tracking extra: make install-extras")
+    from lightning.pytorch.loggers import WandbLogger
+
+    from seqmnist.lightning_internals import wandb_run_started
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="probe")
+    assert not wandb_run_started(logger)
+    run = logger.experiment  # starts the run
+    try:
+        assert wandb_run_started(logger)
+    finally:
+        run.finish()

@@ -149,7 +149,6 @@ def build_app(predictor: Predictor, work_dir: Path | None = None) -> Any:
         go.click(lambda v: demo.outputs(read_canvas(v)), canvas, outputs)
         upload.upload(demo.outputs, upload, outputs)
         steps.release(demo.after, [state, steps], [reading_img, plot, step_text])
-    app.demo = demo  # the handlers, for tests
     return app
 
 

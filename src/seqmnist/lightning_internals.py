@@ -39,6 +39,12 @@ def stop_child_process_observers() -> int:
     return len(observers)
 
 
+def wandb_run_started(logger: object) -> bool:
+    """Whether a ``WandbLogger`` has started its W&B run (its ``experiment`` property would
+    start one: asking it to end a run must not begin a new one)."""
+    return getattr(logger, "_experiment", None) is not None
+
+
 class _DropAdvertisements(logging.Filter):
     """Drops Lightning's "Tip: ... try installing litlogger" line, printed on every Trainer."""
 

@@ -96,7 +96,7 @@ def run(
 ) -> tuple[Predictor, list[dict[str, Any]]]:
     """Classify every input; one result dict per image or failed input (never raises for
     a bad input, only for a bad model file or output folder)."""
-    loaded = load_predictor(ckpt)
+    predictor = load_predictor(ckpt)
     out = Path(save_dir) if save_dir else None
     if out is not None:
         try:
@@ -128,13 +128,14 @@ def run(
         except ImageInputError as e:
             results.append({"input": label, "ok": False, "error": str(e)})
             continue
-        result: dict[str, Any] = {"input": label, "ok": True, "top": classify(loaded, image, top)}
+        top_k = classify(predictor, image, top)
+        result: dict[str, Any] = {"input": label, "ok": True, "top": top_k}
         if out is not None:
             target = out / preprocessed_name(item, used)
             Image.fromarray(image).save(target)
             result["preprocessed"] = str(target)
         results.append(result)
-    return loaded, results
+    return predictor, results
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.top < 1:
         build_parser().error("--top must be at least 1")
     try:
-        loaded, results = run(args.ckpt, args.inputs, args.top, args.save_preprocessed)
+        predictor, results = run(args.ckpt, args.inputs, args.top, args.save_preprocessed)
     except SeqMNISTError as e:
         print(f"error: {e}", file=sys.stderr)
         if args.json:
@@ -189,16 +190,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {r['error']}", file=sys.stderr)
         doc = {
             "ok": not failed,
-            "checkpoint": str(loaded.path),
-            "model": loaded.describe(),
-            "dataset": loaded.data.dataset,
-            "sequence": loaded.data.sequence,
+            "checkpoint": str(predictor.path),
+            "model": predictor.describe(),
+            "dataset": predictor.data.dataset,
+            "sequence": predictor.data.sequence,
             "results": results,
             "failed": len(failed),
         }
         print(json.dumps(doc, indent=2))
     else:
-        print(f"checkpoint: {loaded.path} ({loaded.describe()})", flush=True)
+        print(f"checkpoint: {predictor.path} ({predictor.describe()})", flush=True)
         # In input order; errors on stderr so a pipe of stdout holds only predictions.
         for r in results:
             if r["ok"]:

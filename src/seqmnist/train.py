@@ -50,7 +50,6 @@ from seqmnist.training.config import validate
 from seqmnist.training.faults import StopRequest
 from seqmnist.training.optuna_trial import pruning_callback
 from seqmnist.training.tracking import (
-    check_installed,
     close,
     log_settings,
     prepare,
@@ -92,8 +91,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.get("compile"):
         model.net.compile()
-    check_installed(cfg.get("logger"))
-    prepare(cfg.get("logger"))
+    prepare(cfg.get("logger"))  # the trackers' packages, MLflow's database and experiment
     loggers = build_group(cfg.get("logger"))
     callbacks = build_callbacks(cfg)
     pruning = pruning_callback(cfg)  # this job is a trial of an Optuna search
@@ -124,17 +122,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         close(trainer.loggers, "killed" if isinstance(e, SIGTERMException | KeyboardInterrupt)
               else "failed")  # fmt: skip
         raise
-    if metrics["status"] == "pruned":
-        if trainer.is_global_zero:
-            write_metrics(out, metrics)
-            publish(trainer.loggers, metrics.get("best_ckpt"), out / METRICS_FILE)
-            epoch = metrics["pruned_at_epoch"]
-            log.info(f"trial pruned after epoch {epoch}; {summary_line(metrics)}")
-        return metrics
     if trainer.is_global_zero:
         write_metrics(out, metrics)
         publish(trainer.loggers, metrics.get("best_ckpt"), out / METRICS_FILE)
-        log.info(summary_line(metrics))
+        if metrics["status"] == "pruned":
+            epoch = metrics["pruned_at_epoch"]
+            log.info(f"trial pruned after epoch {epoch}; {summary_line(metrics)}")
+        else:
+            log.info(summary_line(metrics))
     return metrics
 
 

@@ -122,6 +122,16 @@ class Layout:
     def seq_len(self) -> int:
         return PIXELS // self.input_size
 
+    def describe(self) -> str:
+        """How one image becomes the input, in words (export's JSON, the demo)."""
+        return {
+            "row": "28 steps, one image row (28 pixels) a step, top to bottom",
+            "column": "28 steps, one image column (28 pixels) a step, left to right",
+            "pixel": "784 steps, one pixel a step in raster order",
+            "permuted": "784 steps, one pixel a step in the order of 'permutation'",
+            "patch": f"{self.seq_len} steps of {self.input_size} pixels in raster order",
+        }[self.sequence]
+
     def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(N, 28, 28)`` -> float ``(N, T, F)`` in [0, 1]."""
         return to_inputs(images, self.sequence, self.step_pixels, self.permutation)

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from seqmnist.errors import SeqMNISTError
+from seqmnist.models import describe
 from seqmnist.models.exportable import INPUT_NAME, OUTPUT_NAMES, AnytimeOutputs
 from seqmnist.runs.checkpoints import LoadedCheckpoint
-from seqmnist.runs.predictor import ExportedPredictor, layout_of
+from seqmnist.runs.predictor import ExportedPredictor
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 TOLERANCE = 1e-4  # max abs difference of any probability, exported vs checkpoint
@@ -109,7 +110,7 @@ def sidecar(loaded: LoadedCheckpoint, fmt: str, path: Path) -> dict[str, Any]:
     return {
         "format": fmt,
         "file": path.name,
-        "model": describe_model(loaded),
+        "model": describe(loaded.net),
         "dataset": data.dataset,
         "class_names": list(data.class_names),
         "checkpoint": str(loaded.path),
@@ -135,16 +136,12 @@ def sidecar(loaded: LoadedCheckpoint, fmt: str, path: Path) -> dict[str, Any]:
             "step_pixels": data.step_pixels,
             "seq_len": data.seq_len,
             "input_size": data.input_size,
-            "layout": layout_of(data),
+            "layout": data.describe(),
             "permutation": perm.tolist() if perm is not None else None,
         },
         "opset": ONNX_OPSET if fmt == "onnx" else None,
         "torch": torch.__version__,
     }
-
-
-def describe_model(loaded: LoadedCheckpoint) -> str:
-    return loaded.describe().split(",")[0]
 
 
 @torch.inference_mode()
@@ -155,7 +152,7 @@ def parity(loaded: LoadedCheckpoint, path: Path, images: np.ndarray) -> dict[str
     net = loaded.model.net.eval()
     x = loaded.data.to_inputs(torch.as_tensor(images))
     probs, steps = net(x).softmax(-1).numpy(), net.step_logits(x).numpy()
-    got_probs, got_steps = exported._run(x.numpy())
+    got_probs, got_steps = exported.outputs(x.numpy())
     return {
         "images": int(len(images)),
         "max_abs_diff_probabilities": float(np.abs(got_probs - probs).max()),

@@ -122,6 +122,45 @@ def anytime_figure(
     return fig
 
 
+def answers_figure(
+    step_probabilities: np.ndarray,
+    class_names: Sequence[str],
+    shown: Sequence[str],
+    step_name: str = "rows",
+    anytime: bool = True,
+    step: int | None = None,
+) -> Figure:
+    """One picture's answer after each step: the probability of each class in ``shown``
+    (the best other class dashed), ``(T, C)`` probabilities; a marker at ``step``.
+
+    Made without pyplot, so a long-running page that draws one per request keeps no
+    figures alive.
+    """
+    t = len(step_probabilities)
+    fig = Figure(figsize=(6.4, 3.4), dpi=100)
+    ax = fig.subplots()
+    x = np.arange(1, t + 1)
+    for name in shown:
+        ax.plot(x, step_probabilities[:, list(class_names).index(name)], label=name, linewidth=2)
+    others = [i for i, n in enumerate(class_names) if n not in shown]
+    if others:
+        ax.plot(x, step_probabilities[:, others].max(axis=1), color="0.7",
+                linestyle="--", linewidth=1, label="best other")  # fmt: skip
+    if step is not None:
+        ax.axvline(step, color="#ffaa00", linewidth=2)
+    ax.set_xlim(1, t)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"{step_name} read (of {t})")
+    ax.set_ylabel("probability")
+    title = "the answer after each step" if anytime else (
+        "per-step answers (bidirectional: every step has seen the whole image)")  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path: str, close: bool = True) -> None:
     """Write ``fig`` as PNG; free it unless it is still needed (pyplot keeps figures alive)."""
     fig.savefig(path, dpi=120)

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from seqmnist.data import DATASETS, PIXELS, SEQUENCE_MODES
-from seqmnist.data.sequences import Layout
 from seqmnist.models.exportable import AnytimeOutputs
 from seqmnist.runs.checkpoints import CheckpointError, DataSettings, load_checkpoint
 
@@ -106,14 +105,15 @@ class ExportedPredictor:
             raise CheckpointError(f"model not found: {self.path} does not exist. {_FIX}")
         self.meta, self.data = read_sidecar(self.path)
         self.anytime = bool(self.meta.get("anytime", True))
-        self._run = _onnx_runner(self.path) if self.path.suffix == ".onnx" else _jit(self.path)
+        # float32 (N, T, F) array -> (probabilities, step_logits) arrays, as the file gives them
+        self.outputs = _onnx_runner(self.path) if self.path.suffix == ".onnx" else _jit(self.path)
 
     def describe(self) -> str:
         return f"{self.meta.get('model', '?')}, {self.data.dataset} {self.data.sequence}"
 
     def answer(self, images: np.ndarray) -> Answer:
         x = self.data.to_inputs(torch.as_tensor(images)).numpy()
-        probs, steps = self._run(x)
+        probs, steps = self.outputs(x)
         return Answer(probs, torch.from_numpy(steps).softmax(-1).numpy())
 
 
@@ -161,14 +161,3 @@ def load_predictor(path: str | Path) -> Predictor:
     if p.suffix in EXPORTED_SUFFIXES:
         return ExportedPredictor(p)
     return CheckpointPredictor(p)
-
-
-def layout_of(data: Layout) -> str:
-    """How one image becomes the model's input, in words (the JSON and the demo say it)."""
-    return {
-        "row": "28 steps, one image row (28 pixels) a step, top to bottom",
-        "column": "28 steps, one image column (28 pixels) a step, left to right",
-        "pixel": "784 steps, one pixel a step in raster order",
-        "permuted": "784 steps, one pixel a step in the order of 'permutation'",
-        "patch": f"{data.seq_len} steps of {data.input_size} pixels in raster order",
-    }[data.sequence]

@@ -12,17 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
 
-matplotlib.use("Agg")  # before pyplot: figures for a web page, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from seqmnist.data.images import preprocess  # noqa: E402
-from seqmnist.data.sequences import STEP_NAMES, Layout  # noqa: E402
-from seqmnist.runs.predictor import Predictor  # noqa: E402
+from seqmnist.data.images import preprocess
+from seqmnist.data.sequences import STEP_NAMES, Layout
+from seqmnist.runs.plots import answers_figure
+from seqmnist.runs.predictor import Predictor
 
 SCALE = 10  # screen pixels per image pixel in the pictures of the reading
 READ = np.array([255, 170, 0], dtype=np.float64)  # the step being read: amber
@@ -117,29 +115,9 @@ def write_gif(reading: Reading, path: Path, max_frames: int = 28, ms: int = 120)
     return path
 
 
-def curve(reading: Reading, step: int | None = None, classes: int = 3) -> plt.Figure:
+def curve(reading: Reading, step: int | None = None, classes: int = 3) -> Figure:
     """The anytime curve: each likely class's probability after every step."""
-    t = reading.steps
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
-    x = np.arange(1, t + 1)
-    shown = list(reading.top(classes))
-    for name in shown:
-        i = reading.class_names.index(name)
-        ax.plot(x, reading.step_probabilities[:, i], label=name, linewidth=2)
-    others = [i for i, n in enumerate(reading.class_names) if n not in shown]
-    if others:
-        ax.plot(x, reading.step_probabilities[:, others].max(axis=1), color="0.7",
-                linestyle="--", linewidth=1, label="best other")  # fmt: skip
-    if step is not None:
-        ax.axvline(step, color="#ffaa00", linewidth=2)
-    ax.set_xlim(1, t)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"{reading.step_name} read (of {t})")
-    ax.set_ylabel("probability")
-    title = "the answer after each step" if reading.anytime else (
-        "per-step answers (bidirectional: every step has seen the whole image)")  # fmt: skip
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
-    fig.tight_layout()
-    return fig
+    return answers_figure(
+        reading.step_probabilities, reading.class_names, list(reading.top(classes)),
+        reading.step_name, reading.anytime, step,
+    )  # fmt: skip

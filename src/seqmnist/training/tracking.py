@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import logging
 import netrc
 import os
@@ -26,6 +27,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from seqmnist.errors import ConfigError
+from seqmnist.lightning_internals import wandb_run_started
 
 log = logging.getLogger("seqmnist.tracking")
 
@@ -99,47 +101,39 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare(logger_cfg: DictConfig | None) -> None:
-    """Make the MLflow database and experiment before the logger needs them.
+def _chosen(logger_cfg: DictConfig | None, name: str) -> DictConfig | None:
+    node = (logger_cfg or {}).get(name)
+    return node if node and "_target_" in node else None
 
-    The jobs of a parallel sweep start together, and each would otherwise create the SQLite
-    schema and the sweep's experiment at the same moment (one of them then fails on a
-    unique-name error). One job at a time does it here, under a lock beside the database.
+
+def prepare(logger_cfg: DictConfig | None) -> None:
+    """Before the loggers are built: the chosen trackers' packages, and the MLflow database
+    and experiment.
+
+    A tracker chosen without its package stops the run here with the fix. The jobs of a
+    parallel sweep start together, and each would otherwise create the SQLite schema and
+    the sweep's experiment at the same moment (one of them then fails on a unique-name
+    error): one job at a time does it here, under a lock beside the database.
     """
-    node = (logger_cfg or {}).get("mlflow")
-    if not node or "_target_" not in node:
-        return
-    try:
-        import mlflow  # noqa: F401  (an optional extra)
-    except ImportError:
-        raise ConfigError(
-            "logger=mlflow needs the mlflow package, an optional extra. Fix: make "
-            "install-extras (or pip install -e '.[tracking]')."
-        ) from None
+    for name in ("mlflow", "wandb"):
+        if _chosen(logger_cfg, name) is not None and importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"logger={name} needs the {name} package, an optional extra. Fix: make "
+                "install-extras (or pip install -e '.[tracking]')."
+            )
+    node = _chosen(logger_cfg, "mlflow")
+    uri = str(node.get("tracking_uri") or "") if node is not None else ""
+    if not uri.startswith(SQLITE):
+        return  # no MLflow, or a server: it serialises the creation itself
     from mlflow.tracking import MlflowClient
 
-    uri = str(node.get("tracking_uri") or "")
-    name = str(node.experiment_name)
-    if not uri.startswith(SQLITE):
-        return  # a server: it serialises the creation itself
     db = Path(uri[len(SQLITE) :])
     with _file_lock(db.with_name(db.name + ".lock")):
         client = MlflowClient(tracking_uri=uri)  # creates or upgrades the schema
-        if client.get_experiment_by_name(name) is None:
-            client.create_experiment(name, artifact_location=node.get("artifact_location"))
-
-
-def check_installed(logger_cfg: DictConfig | None) -> None:
-    """A tracker chosen without its package installed: one message with the fix."""
-    node = (logger_cfg or {}).get("wandb")
-    if node and "_target_" in node:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "logger=wandb needs the wandb package, an optional extra. Fix: make "
-                "install-extras (or pip install -e '.[tracking]')."
-            ) from None
+        if client.get_experiment_by_name(str(node.experiment_name)) is None:
+            client.create_experiment(
+                str(node.experiment_name), artifact_location=node.get("artifact_location")
+            )
 
 
 def run_ids(loggers: list[Logger]) -> dict[str, str]:
@@ -175,6 +169,13 @@ def log_settings(loggers: list[Logger], settings: dict[str, Any]) -> None:
             log.warning(f"MLflow keeps the params this run started with: {e}")
 
 
+def _end_wandb_run(lg: WandbLogger, exit_code: int = 0) -> None:
+    """Flush and end a started W&B run: an offline run's directory is complete once the
+    command ends, and the next run in this process (a search's next trial) starts its own."""
+    if wandb_run_started(lg):
+        lg.experiment.finish(exit_code=exit_code)
+
+
 def close(loggers: list[Logger], status: str) -> None:
     """Mark the trackers' runs as ended when the run stops early (``failed`` or ``killed``),
     so the next run in this process (a search's next trial) does not log into them."""
@@ -182,8 +183,8 @@ def close(loggers: list[Logger], status: str) -> None:
         try:
             if isinstance(lg, MLFlowLogger):
                 lg.finalize("failed" if status == "failed" else "KILLED")
-            elif isinstance(lg, WandbLogger) and lg._experiment is not None:
-                lg.experiment.finish(exit_code=1 if status == "failed" else 0)
+            elif isinstance(lg, WandbLogger):
+                _end_wandb_run(lg, exit_code=1 if status == "failed" else 0)
         except Exception as e:  # the run's own error is the one to report
             log.warning(f"{type(lg).__name__}: could not close the run: {e}")
 
@@ -207,24 +208,22 @@ def _wandb_publish(lg: WandbLogger, files: dict[str, Path]) -> None:
         run.save(str(files["results"]), base_path=str(files["results"].parent), policy="now")
 
 
-PUBLISHERS: dict[type[Logger], Any] = {MLFlowLogger: _mlflow_publish, WandbLogger: _wandb_publish}
-
-
 def publish(loggers: list[Logger], best_ckpt: str | None, metrics_file: Path) -> None:
-    """Give each tracker the run's best checkpoint and ``metrics.json`` (rank 0 only)."""
+    """Give each tracker the run's best checkpoint and ``metrics.json``, then end its W&B run
+    (rank 0 only)."""
     files: dict[str, Path] = {}
     if best_ckpt and Path(best_ckpt).is_file():
         files["checkpoints"] = Path(best_ckpt)
     if metrics_file.is_file():
         files["results"] = metrics_file
     for lg in loggers:
-        for kind, publish_to in PUBLISHERS.items():
-            if isinstance(lg, kind):
+        try:
+            if isinstance(lg, MLFlowLogger):
+                _mlflow_publish(lg, files)
+            elif isinstance(lg, WandbLogger):
                 try:
-                    publish_to(lg, files)
-                except Exception as e:  # the run itself is done and saved: say, don't fail
-                    log.warning(f"{type(lg).__name__}: could not upload the run's files: {e}")
-        if isinstance(lg, WandbLogger) and lg._experiment is not None:
-            # Flush and end the run: an offline run's directory is complete once the command
-            # ends, and a search's next trial in this process starts a run of its own.
-            lg.experiment.finish()
+                    _wandb_publish(lg, files)
+                finally:
+                    _end_wandb_run(lg)
+        except Exception as e:  # the run itself is done and saved: say, don't fail
+            log.warning(f"{type(lg).__name__}: could not upload the run's files: {e}")
