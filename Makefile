@@ -185,7 +185,7 @@ bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (
 	$(PY) -m seqmnist.bench $(ARGS)
 
 gpu-check: install  ## on a GPU machine: fp16/bf16 on cuDNN, device-resident data, NCCL, bench (pass/fail table)
-	$(PY) -m seqmnist.gpu_check
+	$(PY) -m seqmnist.bench.gpu_check
 
 # Time to 99%: one fast99 run (validation picks the checkpoint; the full test set scores it).
 # The last log line gives val and test accuracy and the training seconds.
@@ -193,7 +193,7 @@ bench-accuracy: install  ## time to 99%: train experiment=fast99, then its plain
 	$(PY) -m seqmnist.train experiment=fast99 trainer.enable_progress_bar=false $(ARGS)
 	@# The same recipe (conf/experiment/fast99.yaml) as a plain PyTorch script, timed alike:
 	@# its JSON line gives each epoch's validation accuracy and seconds, and the test accuracy.
-	$(PY) -m seqmnist.training.plain_script --root "$${SEQMNIST_DATA_ROOT:-data}" \
+	$(PY) -m seqmnist.bench.plain_script --root "$${SEQMNIST_DATA_ROOT:-data}" \
 		--experiment fast99 --test
 
 clean:  ## remove caches (keeps .venv, data/ and outputs/)

@@ -27,8 +27,16 @@ def one_thread() -> Iterator[None]:
 # What a process launcher (Lightning's, torchrun, submitit) reads from the environment. A test
 # that leaves one set makes every later run started from this worker a rank of a job that
 # never starts: the leak is put back and reported as the test's failure.
-LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "SEQMNIST_RANK_CONFIG", "OMP_NUM_THREADS")  # fmt: skip
+LAUNCH_ENV = (
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SEQMNIST_RANK_CONFIG",
+    "OMP_NUM_THREADS",
+)
 
 
 @pytest.fixture(autouse=True)

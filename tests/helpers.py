@@ -21,12 +21,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image, ImageDraw
 
+from seqmnist.core.project import CONF_DIR
 from seqmnist.data import SeqMNISTDataModule
 from seqmnist.data.synthetic import make_images, write_dataset, write_idx
+from seqmnist.jobs.resolvers import register_resolvers
 from seqmnist.models import SeqClassifier
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(PROJECT_ROOT / "conf")
+CONFIG_DIR = str(CONF_DIR)
 REAL_DATA_ROOT = Path(
     os.environ.get("SEQMNIST_DATA_ROOT") or PROJECT_ROOT.parent / "shared" / "data"
 )
@@ -63,6 +65,7 @@ def compose_config(
     Hydra's runtime facts (``${hydra:...}``: the chosen groups in the run name) resolve
     through the HydraConfig singleton; ``paths.output_dir`` is ``run_dir``.
     """
+    register_resolvers()  # as the commands do before Hydra composes
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
@@ -151,16 +154,39 @@ def make_checkpoint(
 # both datasets and every sequence mode (784-step ones with the LSTM: PyTorch's CPU RNN/GRU
 # are slow over long sequences).
 LAYOUTS = [
-    {"cell": "gru", "layers": 2, "bidirectional": True, "dataset": "fashion_mnist",
-     "sequence": "column"},
-    {"cell": "lstm", "layers": 1, "bidirectional": False, "dataset": "mnist",
-     "sequence": "permuted", "permutation_seed": 7},
-    {"cell": "rnn", "layers": 3, "bidirectional": True, "dataset": "mnist", "sequence": "patch",
-     "step_pixels": 112},
-    {"cell": "rnn", "layers": 2, "bidirectional": False, "dataset": "fashion_mnist",
-     "sequence": "patch", "step_pixels": 56},
+    {
+        "cell": "gru",
+        "layers": 2,
+        "bidirectional": True,
+        "dataset": "fashion_mnist",
+        "sequence": "column",
+    },
+    {
+        "cell": "lstm",
+        "layers": 1,
+        "bidirectional": False,
+        "dataset": "mnist",
+        "sequence": "permuted",
+        "permutation_seed": 7,
+    },
+    {
+        "cell": "rnn",
+        "layers": 3,
+        "bidirectional": True,
+        "dataset": "mnist",
+        "sequence": "patch",
+        "step_pixels": 112,
+    },
+    {
+        "cell": "rnn",
+        "layers": 2,
+        "bidirectional": False,
+        "dataset": "fashion_mnist",
+        "sequence": "patch",
+        "step_pixels": 56,
+    },
     {"cell": "lstm", "layers": 2, "bidirectional": False, "dataset": "mnist", "sequence": "pixel"},
-]  # fmt: skip
+]
 LAYOUT_IDS = [f"{c['cell']}-{c['layers']}-{c['sequence']}-{c['dataset']}" for c in LAYOUTS]
 
 
@@ -193,15 +219,25 @@ def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_module(
-    module: str, *args: str, cwd: Path = PROJECT_ROOT, env: dict[str, str] | None = None,
+    module: str,
+    *args: str,
+    cwd: Path = PROJECT_ROOT,
+    env: dict[str, str] | None = None,
     timeout: float = 300,
-) -> subprocess.CompletedProcess:  # fmt: skip
+) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in ``cwd`` the way a user would. On a timeout every
     process it started (DDP ranks, sweep jobs) is ended too, not left holding cores and
     ports for the tests after it."""
     cmd = [sys.executable, "-m", module, *args]
-    with subprocess.Popen(cmd, cwd=cwd, env=user_env(env), text=True, start_new_session=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:  # fmt: skip
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=user_env(env),
+        text=True,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -213,8 +249,15 @@ def run_module(
 
 def run_sweep(*args: str, root: Path, sweep_dir: Path) -> subprocess.CompletedProcess:
     """``python -m seqmnist.train -m`` over tiny data into ``sweep_dir`` (``-m`` goes first)."""
-    return run_module("seqmnist.train", "-m", f"data.root={root}", f"hydra.sweep.dir={sweep_dir}",
-                      *FAST, *args, env=ONE_THREAD)  # fmt: skip
+    return run_module(
+        "seqmnist.train",
+        "-m",
+        f"data.root={root}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *FAST,
+        *args,
+        env=ONE_THREAD,
+    )
 
 
 class NaNOnRank(L.Callback):

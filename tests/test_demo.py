@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from seqmnist.data import load_split
+from seqmnist.inference.predictor import load_predictor
 from seqmnist.predict import run as predict_run
-from seqmnist.runs.predictor import load_predictor
 from tests.helpers import REAL_DATA_ROOT, make_checkpoint
 
 gr = pytest.importorskip("gradio", reason="the demo extra: make install-extras")
@@ -106,9 +106,17 @@ def browser() -> Iterator[object]:
     opts.binary_location = CHROMIUM
     # Headless, no sandbox (root in CI), and none of Chromium's own calls home: the network
     # here is closed, and they would only be refused.
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                "--disable-sync", "--window-size=1280,1250"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--window-size=1280,1250",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:

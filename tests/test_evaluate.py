@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seqmnist.errors import DataError
+from seqmnist.core.errors import DataError
 from seqmnist.evaluate import run
-from seqmnist.runs.checkpoints import CheckpointError
-from seqmnist.runs.evaluation import BIDIRECTIONAL_NOTE, FILES, evaluate_checkpoint
+from seqmnist.inference.checkpoints import CheckpointError
+from seqmnist.reports.evaluation import BIDIRECTIONAL_NOTE, FILES, evaluate_checkpoint
 from tests.helpers import (
     LAYOUT_IDS,
     LAYOUTS,
@@ -211,8 +211,12 @@ def test_bad_checkpoint_fails_cleanly(tmp_path: Path, synthetic_root: Path, kind
 
 def test_missing_data_names_data_root(trained_run: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
-        evaluate(f"ckpt_path={trained_run}", "data.download=false", out=tmp_path / "e",
-                 root=tmp_path / "nodata")  # fmt: skip
+        evaluate(
+            f"ckpt_path={trained_run}",
+            "data.download=false",
+            out=tmp_path / "e",
+            root=tmp_path / "nodata",
+        )
     assert str(tmp_path / "nodata" / "MNIST" / "raw") in str(err.value)
     assert "data.root" in str(err.value)
     assert not (tmp_path / "e" / "eval.json").exists()

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from seqmnist.data import DATASETS
+from seqmnist.inference.checkpoints import load_model
 from seqmnist.predict import main
-from seqmnist.runs.checkpoints import load_model
 from tests.helpers import best_ckpt, make_checkpoint
 
 

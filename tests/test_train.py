@@ -11,8 +11,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seqmnist.errors import ConfigError
-from seqmnist.runs.checkpoints import load_model
+from seqmnist.core.errors import ConfigError
+from seqmnist.inference.checkpoints import load_model
 from seqmnist.train import run
 from tests.helpers import FAST, compose_config, run_module, run_sweep, train_in_process
 
@@ -53,8 +53,16 @@ def test_run_writes_config_metrics_checkpoints_and_events(
         "gru-2x16-drop0.0-adam-lr0.001-bs32-seed42"
     ]
     tags = tb_tags(run_dir)
-    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc",
-                "hp_metric", "lr-Adam"):  # fmt: skip
+    for tag in (
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/acc",
+        "hp_metric",
+        "lr-Adam",
+    ):
         assert tag in tags, (tag, tags)
     # One summary line with the test accuracy.
     summary = [r.getMessage() for r in caplog.records if "test_acc" in r.getMessage()]
@@ -82,9 +90,12 @@ def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
     ],
 )
 def test_bad_value_is_one_message_exit_2_and_nothing_written(
-    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, override: str,
+    synthetic_root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    override: str,
     needles: list[str],
-) -> None:  # fmt: skip
+) -> None:
     run_dir = tmp_path / "run"
     with caplog.at_level(logging.ERROR, logger="seqmnist.train"):
         status = run_in_process(synthetic_root, run_dir, *override.split())
@@ -146,8 +157,9 @@ def test_bad_override_exits_2_without_a_traceback(
     synthetic_root: Path, tmp_path: Path, override: str, needles: list[str]
 ) -> None:
     run_dir = tmp_path / "run"
-    proc = run_module("seqmnist.train", f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}",
-                      *FAST, override)  # fmt: skip
+    proc = run_module(
+        "seqmnist.train", f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", *FAST, override
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == (1 if override.startswith("cell=") else 2), out
     for needle in needles:

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from seqmnist.core.errors import ConfigError
 from seqmnist.data.images import BlankImageError, ImageInputError
-from seqmnist.errors import SeqMNISTError
-from seqmnist.runs.predictor import Predictor, load_predictor
-from seqmnist.runs.reading import Reading, curve, enlarged, frame, read, write_gif
+from seqmnist.inference.predictor import Predictor, load_predictor
+from seqmnist.inference.reading import Reading, curve, enlarged, frame, read, write_gif
+from seqmnist.shell import command
 
 log = logging.getLogger("seqmnist.demo")
 
@@ -78,9 +79,13 @@ class Demo:
         fig = curve(reading)
         status += f" | page ready in {1000 * (time.perf_counter() - started):.0f} ms"
         slider = gr.update(
-            visible=True, minimum=1, maximum=reading.steps, value=reading.steps, step=1,
+            visible=True,
+            minimum=1,
+            maximum=reading.steps,
+            value=reading.steps,
+            step=1,
             label=f"{reading.step_name} read",
-        )  # fmt: skip
+        )
         return (status, reading.top(3), enlarged(reading.image), str(gif), fig, slider, reading)
 
     def after(self, reading: Reading | None, steps: float) -> tuple[Any, ...]:
@@ -122,28 +127,49 @@ def build_app(predictor: Predictor, work_dir: Path | None = None) -> Any:
                 with gr.Tab("Draw"):
                     canvas = gr.Sketchpad(
                         label="Draw a digit (pick the brush on the left first)",
-                        type="numpy", image_mode="RGBA",
-                        canvas_size=(280, 280), elem_id="canvas",
+                        type="numpy",
+                        image_mode="RGBA",
+                        canvas_size=(280, 280),
+                        elem_id="canvas",
                         brush=gr.Brush(default_size=18, colors=["#000000"]),
-                    )  # fmt: skip
+                    )
                     go = gr.Button("Read it", variant="primary", elem_id="read")
                 with gr.Tab("Upload"):
-                    upload = gr.File(label="A picture of a digit (PNG, JPEG, ...)",
-                                     type="filepath", elem_id="upload")  # fmt: skip
+                    upload = gr.File(
+                        label="A picture of a digit (PNG, JPEG, ...)",
+                        type="filepath",
+                        elem_id="upload",
+                    )
             with gr.Column(scale=1):
                 status = gr.Markdown("Draw a digit and press *Read it*.", elem_id="status")
                 top = gr.Label(num_top_classes=3, label="Top 3", elem_id="top")
-                seen = gr.Image(label="What the model sees (28x28)", type="pil", height=200,
-                                interactive=False, elem_id="seen")  # fmt: skip
+                seen = gr.Image(
+                    label="What the model sees (28x28)",
+                    type="pil",
+                    height=200,
+                    interactive=False,
+                    elem_id="seen",
+                )
         with gr.Row():
             with gr.Column(scale=1):
-                reading_img = gr.Image(label="Reading (the step being read in amber)",
-                                       type="filepath", height=280, interactive=False,
-                                       elem_id="reading")  # fmt: skip
+                reading_img = gr.Image(
+                    label="Reading (the step being read in amber)",
+                    type="filepath",
+                    height=280,
+                    interactive=False,
+                    elem_id="reading",
+                )
             with gr.Column(scale=2):
                 plot = gr.Plot(label="Anytime view", elem_id="curve")
-                steps = gr.Slider(1, data.seq_len, value=data.seq_len, step=1, visible=False,
-                                  label="steps read", elem_id="steps")  # fmt: skip
+                steps = gr.Slider(
+                    1,
+                    data.seq_len,
+                    value=data.seq_len,
+                    step=1,
+                    visible=False,
+                    label="steps read",
+                    elem_id="steps",
+                )
                 step_text = gr.Markdown(elem_id="step-answer")
         outputs = [status, top, seen, reading_img, plot, steps, state]
         go.click(lambda v: demo.outputs(read_canvas(v)), canvas, outputs)
@@ -157,17 +183,27 @@ def launch(app: Any, host: str, port: int, block: bool = True) -> Any:
 
     theme = gr.themes.Default(font=FONTS[0], font_mono=FONTS[1])
     return app.launch(
-        server_name=host, server_port=port, share=False, inbrowser=False, quiet=True,
-        prevent_thread_lock=not block, ssr_mode=False, theme=theme, footer_links=[],
-    )  # fmt: skip
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        quiet=True,
+        prevent_thread_lock=not block,
+        ssr_mode=False,
+        theme=theme,
+        footer_links=[],
+    )
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m seqmnist.demo", description=__doc__)
     parser.add_argument(
-        "--ckpt", required=True, metavar="PATH",
+        "--ckpt",
+        required=True,
+        metavar="PATH",
         help="a .ckpt, a training run's directory, or an exported .onnx/.pt",
-    )  # fmt: skip
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (7860)")
     args = parser.parse_args(argv)
@@ -176,22 +212,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        print("error: the demo needs Gradio, an optional extra. Fix: make install-extras "
-              "(or pip install -e '.[demo]').", file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        predictor = load_predictor(args.ckpt)
-    except SeqMNISTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.EXIT_CODE
-    print(f"serving {predictor.describe()} from {predictor.path} on http://{args.host}:{args.port}"
-          " (Ctrl+C stops)", flush=True)  # fmt: skip
+        raise ConfigError(
+            "the demo needs Gradio, an optional extra. Fix: make install-extras "
+            "(or pip install -e '.[demo]')."
+        ) from None
+    predictor = load_predictor(args.ckpt)
+    print(
+        f"serving {predictor.describe()} from {predictor.path} on http://{args.host}:{args.port}"
+        " (Ctrl+C stops)",
+        flush=True,
+    )
     try:
         launch(build_app(predictor), args.host, args.port)
     except OSError as e:
-        print(f"error: cannot serve on {args.host}:{args.port} ({e}). Fix: --port N.",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise ConfigError(
+            f"cannot serve on {args.host}:{args.port} ({e}). Fix: --port N."
+        ) from None
     return 0
 
 

@@ -4,27 +4,22 @@
 The model and the way it reads images (dataset, sequence mode, pixel order) come from the
 checkpoint; only the data location (``data.root``) is taken from this command's config.
 Reports go to this run's own directory (``outputs/evaluate/runs/<timestamp>``): see
-:mod:`seqmnist.runs.evaluation` for the files.
+:mod:`seqmnist.reports.evaluation` for the files.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from seqmnist.errors import SeqMNISTError
-from seqmnist.runs.checkpoints import CheckpointError
-from seqmnist.runs.evaluation import evaluate_checkpoint
+from seqmnist.inference.checkpoints import CheckpointError
+from seqmnist.reports.evaluation import evaluate_checkpoint
+from seqmnist.shell import exit_on_error, hydra_command
 
 log = logging.getLogger("seqmnist.evaluate")
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def summary_lines(result: dict[str, Any], out_dir: Path) -> list[str]:
@@ -64,16 +59,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@hydra_command("evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the test accuracy. A user error: one message, exit 2."""
-    try:
+    with exit_on_error(log):
         result = run(cfg)
-    except SeqMNISTError as e:
-        log.error(str(e))
-        if HydraConfig.get().mode.name == "RUN":
-            sys.exit(e.EXIT_CODE)
-        raise
     return result["metrics"]["accuracy"]
 
 

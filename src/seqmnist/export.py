@@ -2,28 +2,24 @@
 
 Writes ``model.onnx`` (or TorchScript ``model.pt``) and ``model.json`` into this command's run
 directory (``outputs/export/runs/<timestamp>``) or to ``out=FILE``, then checks the file
-against the checkpoint on the first 256 test images: see :mod:`seqmnist.runs.export`.
+against the checkpoint on the first 256 test images: see :mod:`seqmnist.inference.export`.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
 from seqmnist.data import SeqMNISTDataModule, load_split
-from seqmnist.errors import SeqMNISTError
-from seqmnist.runs.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
-from seqmnist.runs.export import FORMATS, check_format, export
+from seqmnist.inference.checkpoints import CheckpointError, LoadedCheckpoint, load_checkpoint
+from seqmnist.inference.export import FORMATS, check_format, export
+from seqmnist.shell import exit_on_error, hydra_command
 
 log = logging.getLogger("seqmnist.export")
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def test_images(loaded: LoadedCheckpoint, cfg: DictConfig) -> np.ndarray | None:
@@ -63,13 +59,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return meta
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@hydra_command("export")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_error(log):
         run(cfg)
-    except SeqMNISTError as e:
-        log.error(str(e))
-        sys.exit(e.EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seqmnist.core.errors import SeqMNISTError
 from seqmnist.data.images import (
     IMAGE_SUFFIXES,
     BlankImageError,
@@ -37,8 +38,8 @@ from seqmnist.data.images import (
     image_files,
     preprocess,
 )
-from seqmnist.errors import SeqMNISTError
-from seqmnist.runs.predictor import Predictor, load_predictor
+from seqmnist.inference.predictor import Predictor, load_predictor
+from seqmnist.shell import command
 
 
 def expand_inputs(args: list[str]) -> list[tuple[str, Path | ImageInputError]]:
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.top < 1:
@@ -180,10 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         predictor, results = run(args.ckpt, args.inputs, args.top, args.save_preprocessed)
     except SeqMNISTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        if args.json:
+        if args.json:  # the document a script reads, beside the error line
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
-        return e.EXIT_CODE
+        raise
     failed = [r for r in results if not r["ok"]]
     if args.json:
         for r in failed:

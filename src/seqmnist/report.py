@@ -2,7 +2,7 @@
 
 Reads every job directory under ``SWEEP_DIR`` and writes ``results.md``, ``results.csv``
 (and ``results_grouped.csv`` when settings were run with several seeds) and ``results.png``
-there (see :mod:`seqmnist.runs.sweep_report`). Prints the top rows; exits with status 1 when
+there (see :mod:`seqmnist.reports.sweep_report`). Prints the top rows; exits with status 1 when
 any job failed, 2 when there is nothing to report.
 """
 
@@ -12,10 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from seqmnist.errors import SeqMNISTError
-from seqmnist.runs.sweep_report import build_report, compare_searches, markdown_table
+from seqmnist.reports.sweep_report import (
+    ReportError,
+    build_report,
+    compare_searches,
+    markdown_table,
+)
+from seqmnist.shell import command
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir (outputs/train/multiruns/...)")
@@ -27,28 +33,29 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SEARCH_DIR",
         help="also compare Optuna searches: trials, pruned, compute, wall, best",
     )
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir} is not a directory", file=sys.stderr)
-        return 2
-    try:
-        result = build_report(args.sweep_dir)
-    except SeqMNISTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.EXIT_CODE
-    cols = ["job", "cell", "layers", "hidden", "optimizer", "lr", "seed", "val/acc_best",
-            "test/acc", "status"]  # fmt: skip
+        raise ReportError(f"{args.sweep_dir} is not a directory")
+    result = build_report(args.sweep_dir)
+    cols = [
+        "job",
+        "cell",
+        "layers",
+        "hidden",
+        "optimizer",
+        "lr",
+        "seed",
+        "val/acc_best",
+        "test/acc",
+        "status",
+    ]
     print(markdown_table(result["rows"][: args.top], cols))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     print(f"\n{len(result['rows'])} jobs: {counts}")
     written = ["results.md", "results.csv"] + (["results.png"] if result["plot"] else [])
     print(f"wrote {', '.join(str(args.sweep_dir / w) for w in written)}")
     if args.compare:
-        try:
-            print("\n" + compare_searches([args.sweep_dir, *args.compare]))
-        except SeqMNISTError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return e.EXIT_CODE
+        print("\n" + compare_searches([args.sweep_dir, *args.compare]))
     return 1 if result["counts"].get("failed") else 0
 
 

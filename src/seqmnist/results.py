@@ -18,10 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from seqmnist.errors import SeqMNISTError
-from seqmnist.machine import describe as machine_description  # runs without a recorded one
-from seqmnist.runs import experiments as ex
-from seqmnist.runs.tables import write_csv
+from seqmnist.core.machine import describe as machine_description  # runs without a recorded one
+from seqmnist.reports import experiments as ex
+from seqmnist.reports.tables import write_csv
+from seqmnist.shell import command
 
 
 def _readme(path: Path) -> str:
@@ -48,8 +48,9 @@ def table(sweep_dirs: list[Path], readme: Path | None) -> int:
     for r in result["failed"]:
         print(f"failed: {r['path']} ({r.get('experiment')}): {r.get('error')}", file=sys.stderr)
     for r in result["unfinished"]:
-        print(f"not finished: {r['path']} ({r.get('experiment')}): {r.get('status')}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"not finished: {r['path']} ({r.get('experiment')}): {r.get('status')}", file=sys.stderr
+        )
     if not result["experiments"]:
         where = ", ".join(str(d) for d in sweep_dirs)
         print(
@@ -81,6 +82,7 @@ def table(sweep_dirs: list[Path], readme: Path | None) -> int:
     return 1 if result["failed"] else 0
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -107,23 +109,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="README",
         help="rewrite the list of experiments between its markers in README",
     )
-    args = parser.parse_args(argv)  # fmt: skip
-    try:
-        if args.list:
-            print(",".join(e.name for e in ex.catalogue() if e.run))
-            return 0
-        if args.catalogue is not None:
-            text = _readme(args.catalogue)
-            block = ex.catalogue_markdown(ex.catalogue())
-            args.catalogue.write_text(ex.replace_block(text, block, ex.CATALOGUE_MARKERS))
-            print(f"updated the list of experiments in {args.catalogue}")
-            return 0
-        if not args.sweep_dirs:
-            parser.error("give at least one SWEEP_DIR (or --list / --catalogue)")
-        return table(args.sweep_dirs, args.readme)
-    except SeqMNISTError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.EXIT_CODE
+    args = parser.parse_args(argv)
+    if args.list:
+        print(",".join(e.name for e in ex.catalogue() if e.run))
+        return 0
+    if args.catalogue is not None:
+        text = _readme(args.catalogue)
+        block = ex.catalogue_markdown(ex.catalogue())
+        args.catalogue.write_text(ex.replace_block(text, block, ex.CATALOGUE_MARKERS))
+        print(f"updated the list of experiments in {args.catalogue}")
+        return 0
+    if not args.sweep_dirs:
+        parser.error("give at least one SWEEP_DIR (or --list / --catalogue)")
+    return table(args.sweep_dirs, args.readme)
 
 
 if __name__ == "__main__":

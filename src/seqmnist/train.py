@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -23,21 +22,12 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from seqmnist.errors import SeqMNISTError
-from seqmnist.machine import describe as describe_machine
-from seqmnist.machine import skip_nvml_probe_without_nvml
-from seqmnist.models import count_parameters, describe
-from seqmnist.runs.checkpoints import read_checkpoint
-from seqmnist.runs.resume import resume_config
-from seqmnist.runs.rundir import (
-    METRICS_FILE,
-    RESOLVED_CONFIG,
-    record_status,
-    run_settings,
-    write_metrics,
-)
-from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
-from seqmnist.training.cluster import (
+from seqmnist.core.errors import SeqMNISTError
+from seqmnist.core.machine import describe as describe_machine
+from seqmnist.core.machine import skip_nvml_probe_without_nvml
+from seqmnist.core.rundir import RunDir
+from seqmnist.inference.checkpoints import read_checkpoint
+from seqmnist.jobs.cluster import (
     check_shared_run_dir,
     cpu_threads,
     export_submitit_ranks,
@@ -46,16 +36,14 @@ from seqmnist.training.cluster import (
     rank_config,
     spread_over_gpus,
 )
-from seqmnist.training.config import validate
+from seqmnist.jobs.resume import resume_config
+from seqmnist.jobs.search import pruning_callback
+from seqmnist.jobs.tracking import close, log_settings, prepare, publish, run_ids
+from seqmnist.models import count_parameters, describe
+from seqmnist.shell import exit_on_error, fail, hydra_command
+from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
+from seqmnist.training.config import net_of, run_settings, validate
 from seqmnist.training.faults import StopRequest
-from seqmnist.training.optuna_trial import pruning_callback
-from seqmnist.training.tracking import (
-    close,
-    log_settings,
-    prepare,
-    publish,
-    run_ids,
-)
 
 log = logging.getLogger("seqmnist.train")
 
@@ -65,11 +53,9 @@ warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*
 # run is being resumed: that is the point, not a problem worth a warning.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
-
-def output_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.output_dir)
+def run_dir(cfg: DictConfig) -> RunDir:
+    return RunDir(Path(cfg.paths.output_dir))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -102,29 +88,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     hparams = {**run_settings(cfg), "params": count_parameters(model)}
     log_settings(trainer.loggers, hparams)
 
-    out = output_dir(cfg)
+    out = run_dir(cfg)
     metrics: dict[str, Any] = {"status": "running", **hparams, "machine": describe_machine()}
     if cfg.get("resume"):
         metrics["resumed_from"] = cfg.ckpt_path
     if first_process(trainer):
         if ids := run_ids(trainer.loggers):  # MLflow / W&B runs that resume= continues
             metrics["tracking"] = ids
-        out.mkdir(parents=True, exist_ok=True)
-        # .hydra/config.yaml keeps interpolations; this is what the run actually used.
-        OmegaConf.save(cfg, out / RESOLVED_CONFIG, resolve=True)
+        out.save_config(cfg)
         # Replaced at the end; a report of a sweep in progress shows this job as running.
-        write_metrics(out, metrics)
+        out.write_metrics(metrics)
 
     try:
-        with one_job(out / RESOLVED_CONFIG, trainer):
+        with one_job(out.resolved_config, trainer):
             metrics = fit_and_test(cfg, trainer, model, datamodule, pruning, metrics)
     except BaseException as e:
-        close(trainer.loggers, "killed" if isinstance(e, SIGTERMException | KeyboardInterrupt)
-              else "failed")  # fmt: skip
+        stopped = isinstance(e, SIGTERMException | KeyboardInterrupt)
+        close(trainer.loggers, "killed" if stopped else "failed")
         raise
     if trainer.is_global_zero:
-        write_metrics(out, metrics)
-        publish(trainer.loggers, metrics.get("best_ckpt"), out / METRICS_FILE)
+        out.write_metrics(metrics)
+        publish(trainer.loggers, metrics.get("best_ckpt"), out.metrics_file)
         if metrics["status"] == "pruned":
             epoch = metrics["pruned_at_epoch"]
             log.info(f"trial pruned after epoch {epoch}; {summary_line(metrics)}")
@@ -151,8 +135,10 @@ def fit_and_test(
         raise SIGTERMException()
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["epochs"] = trainer.current_epoch
-    best = trainer.callback_metrics.get("val/acc_best")
-    metrics["val/acc_best"] = float(best) if best is not None else None
+    metric = str(cfg.optimized_metric)
+    best = trainer.callback_metrics.get(metric)
+    metrics["optimized_metric"] = metric
+    metrics[metric] = float(best) if best is not None else None
 
     ckpt_cb = trainer.checkpoint_callback
     best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
@@ -181,11 +167,10 @@ def summary_line(m: dict[str, Any]) -> str:
     def pct(key: str) -> str:
         return f"{100 * m[key]:.2f}%" if m.get(key) is not None else "n/a"
 
-    net = {"cell": m["cell"], "num_layers": m["layers"], "hidden_size": m["hidden"],
-           "bidirectional": m.get("bidirectional")}  # fmt: skip
+    metric = m["optimized_metric"]
     return (
-        f"{describe(net)} {m['optimizer']} lr={m['lr']:g} "
-        f"| params {m['params']:,} | val_acc_best {pct('val/acc_best')} "
+        f"{describe(net_of(m))} {m['optimizer']} lr={m['lr']:g} "
+        f"| params {m['params']:,} | {metric.replace('/', '_')} {pct(metric)} "
         f"| test_acc {pct('test/acc')} "
         f"| epochs {m['epochs']} | {m['train_seconds']:.1f} s"
     )
@@ -193,22 +178,22 @@ def summary_line(m: dict[str, Any]) -> str:
 
 def interrupted(cfg: DictConfig, stop: StopRequest) -> int:
     """A signal stopped the run: say where its checkpoint is and how to continue."""
-    name = stop.name
-    out = output_dir(cfg)
-    last = out / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        hint = f"checkpoint {last}; continue with: python -m seqmnist.train resume={out}"
+    out = run_dir(cfg)
+    if out.last_ckpt.is_file():
+        hint = (
+            f"checkpoint {out.last_ckpt}; continue with: python -m seqmnist.train resume={out.path}"
+        )
     else:
         hint = "it stopped before its first checkpoint, so there is nothing to resume"
-    message = f"stopped by {name}; {hint}"
-    if (out / METRICS_FILE).exists():
-        record_status(out, message, status="interrupted")
+    message = f"stopped by {stop.name}; {hint}"
+    if out.metrics_file.exists():
+        out.record_status(message, status="interrupted")
     log.error(message)
     return stop.exit_code
 
 
 def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, float | None]:
-    """One job, as the command runs it: ``(exit status, val/acc_best)``.
+    """One job, as the command runs it: ``(exit status, the optimized metric)``.
 
     In a single run a user error (bad value, missing data) logs one message and gives
     status 2. In a multirun a failing job is recorded as failed in its own directory and
@@ -228,16 +213,16 @@ def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, flo
         except Exception as e:
             # A job that got as far as starting (metrics.json exists) is marked failed; a
             # config rejected up front leaves nothing behind in a single run.
-            if multirun or (output_dir(cfg) / METRICS_FILE).exists():
-                record_status(output_dir(cfg), e)
+            if multirun or run_dir(cfg).metrics_file.exists():
+                run_dir(cfg).record_status(e)
             if isinstance(e, SeqMNISTError):
-                log.error(str(e))
-                return (0 if multirun else e.EXIT_CODE), float("nan")
+                code = fail(e, log)
+                return (0 if multirun else code), float("nan")
             if not multirun:
                 raise
             log.exception("job failed; the sweep goes on")
             return 0, float("nan")
-    return 0, metrics.get("val/acc_best")
+    return 0, metrics.get(metrics["optimized_metric"])
 
 
 def run_rank(config_file: Path) -> int:
@@ -258,17 +243,14 @@ def run_rank(config_file: Path) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra_command("train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns ``val/acc_best`` for sweepers to optimise."""
+    """Hydra entry point; returns ``optimized_metric`` (``val/acc_best``) for sweepers."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
+    with exit_on_error(log):
         run_dir_given = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
         check_shared_run_dir(multirun or run_dir_given)
-    except SeqMNISTError as e:
-        log.error(str(e))
-        sys.exit(e.EXIT_CODE)
     status, value = run(cfg, list(hydra_cfg.overrides.task), multirun)
     # A job of submitit's launchers is a process of its own: it returns (its metrics.json
     # says interrupted), so that submitit records a result and the sweep collects the rest.

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from seqmnist.core.errors import ConfigError
 from seqmnist.data import SeqMNISTDataModule
 from seqmnist.data.augment import BatchAugment, _blur_matrix
 from seqmnist.data.sequences import Layout, image_view, sequence_view
-from seqmnist.errors import ConfigError
 from seqmnist.train import run
 from tests.helpers import FAST, compose_config, metrics_of, train_in_process
 
@@ -209,9 +209,13 @@ def test_augmented_run_is_seeded_and_resumes_exactly(synthetic_root: Path, tmp_p
 
 @pytest.mark.parametrize(
     ("preset", "affine", "elastic"),
-    [("none", False, False), ("affine", True, False), ("elastic", False, True),
-     ("affine_elastic", True, True)],
-)  # fmt: skip
+    [
+        ("none", False, False),
+        ("affine", True, False),
+        ("elastic", False, True),
+        ("affine_elastic", True, True),
+    ],
+)
 def test_presets_switch_on_what_they_name(preset: str, affine: bool, elastic: bool) -> None:
     values = compose_config(f"augment={preset}").data.augment
     assert bool(values.rotate and values.translate and values.scale and values.shear) == affine

@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from seqmnist.core.errors import ConfigError, DataError
 from seqmnist.data import SeqMNISTDataModule, idx, sequence_view
-from seqmnist.errors import ConfigError, DataError
 from tests.helpers import PROJECT_ROOT, write_dataset
 
 

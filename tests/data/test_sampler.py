@@ -94,10 +94,18 @@ def test_the_trainer_sets_each_epochs_order(synthetic_root: Path, tmp_path: Path
     dm = SeqMNISTDataModule(root=str(synthetic_root), val_size=100, batch_size=50)
     sgd = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
     model = SeqClassifier(net={"cell": "rnn", "hidden_size": 4}, optimizer=sgd)
-    trainer = L.Trainer(max_epochs=3, limit_train_batches=1, limit_val_batches=0,
-                        accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[FirstBatch()])  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=3,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[FirstBatch()],
+    )
     trainer.fit(model, datamodule=dm)
     assert len(firsts) == 3 and firsts[0] != firsts[1] != firsts[2]
     assert trainer.train_dataloader.batch_sampler.epoch == 2

@@ -20,14 +20,14 @@ from hydra.plugins.sweeper import Sweeper
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.seqmnist_optuna_sweeper.sweeper import (
-    OptunaSweeper,
+from hydra_plugins.seqmnist_optuna_sweeper._impl import (
     check_choices,
     check_keys,
     parse_search_space,
 )
-from seqmnist.errors import ConfigError
-from seqmnist.training.optuna_trial import make_pruner, make_sampler, open_storage
+from hydra_plugins.seqmnist_optuna_sweeper.sweeper import OptunaSweeper
+from seqmnist.core.errors import ConfigError
+from seqmnist.jobs.search import make_pruner, make_sampler, open_storage
 from tests.helpers import FAST, ONE_THREAD, PROJECT_ROOT, compose_config, run_module, user_env
 
 # A few steps a trial, two epochs, one thread: seconds per trial. The search space is the
@@ -67,12 +67,42 @@ def test_the_old_plugin_is_gone_and_ours_is_found() -> None:
     assert int(optuna.__version__.split(".")[0]) >= 4
 
 
+@pytest.mark.e2e
+def test_hydra_finds_the_plugin_without_importing_optuna() -> None:
+    """Hydra imports every plugin module on every start of every command: ours imports its
+    implementation, and Optuna, only when a search starts (a fresh interpreter, since this
+    one has imported Optuna already)."""
+    code = (
+        "import sys\n"
+        "from hydra.core.plugins import Plugins\n"
+        "from hydra.plugins.sweeper import Sweeper\n"
+        "found = [p.__name__ for p in Plugins.instance().discover(Sweeper)]\n"
+        "assert 'OptunaSweeper' in found, found\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'optuna'))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=user_env(),
+        cwd=PROJECT_ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+
+
 def test_search_space_syntax_of_the_hydra_optuna_plugin() -> None:
-    space, fixed = parse_search_space([
-        "cell=choice(rnn, lstm, gru)", "layers=range(1, 4)", "dropout=interval(0.0, 0.5)",
-        "optimizer.lr=tag(log, interval(0.0003, 0.01))", "hidden=choice(64, 128)",
-        "data.batch_size=64",
-    ])  # fmt: skip
+    space, fixed = parse_search_space(
+        [
+            "cell=choice(rnn, lstm, gru)",
+            "layers=range(1, 4)",
+            "dropout=interval(0.0, 0.5)",
+            "optimizer.lr=tag(log, interval(0.0003, 0.01))",
+            "hidden=choice(64, 128)",
+            "data.batch_size=64",
+        ]
+    )
     assert space["cell"] == CategoricalDistribution(["rnn", "lstm", "gru"])
     assert space["layers"] == IntDistribution(1, 3)
     assert space["dropout"] == FloatDistribution(0.0, 0.5)
@@ -162,7 +192,7 @@ def test_two_workers_creating_one_database_at_once_both_open_it(tmp_path, monkey
         return real(url, **kwargs)
 
     monkeypatch.setattr(optuna.storages, "RDBStorage", lose_the_race_once)
-    monkeypatch.setattr("seqmnist.training.optuna_trial.time.sleep", lambda s: None)
+    monkeypatch.setattr("seqmnist.jobs.search.time.sleep", lambda s: None)
     storage = open_storage(f"sqlite:///{tmp_path / 'shared.db'}")
     assert len(calls) == 2 and isinstance(storage, real)
 
@@ -179,11 +209,21 @@ def test_sweeper_reads_its_settings() -> None:
     from hydra_plugins.seqmnist_optuna_sweeper.config import OptunaSweeperConf
 
     assert OptunaSweeperConf().pruner == "percentile" and OptunaSweeperConf().sampler == "tpe"
-    sweeper = OptunaSweeper(sampler="random", seed=1, pruner={"name": "none"},
-                            direction="maximize", storage=None, study_name="s", n_trials=3,
-                            n_jobs=2, heartbeat_interval=1, grace_period=2,
-                            params={"layers": "choice(1, 2)"})  # fmt: skip
-    assert sweeper.pruner_spec == {"name": "none"} and sweeper.params == {"layers": "choice(1, 2)"}
+    sweeper = OptunaSweeper(
+        sampler="random",
+        seed=1,
+        pruner={"name": "none"},
+        direction="maximize",
+        storage=None,
+        study_name="s",
+        n_trials=3,
+        n_jobs=2,
+        heartbeat_interval=1,
+        grace_period=2,
+        params={"layers": "choice(1, 2)"},
+    )
+    impl = sweeper.impl
+    assert impl.pruner_spec == {"name": "none"} and impl.params == {"layers": "choice(1, 2)"}
     assert OverridesParser.create().parse_overrides(["layers=choice(1, 2)"])[0].is_sweep_override()
 
 
@@ -194,9 +234,15 @@ def test_a_pruned_trial_says_so_and_the_search_finishes(
 ) -> None:
     sweep = tmp_path / "sweep"
     # A threshold no tiny model reaches: every trial is pruned after its first epoch.
-    proc = run_module(*search(synthetic_root, sweep, "hydra.sweeper.n_trials=3",
-                              "hydra.sweeper.pruner={name:ThresholdPruner,lower:0.99}"),
-                      env=ONE_THREAD)  # fmt: skip
+    proc = run_module(
+        *search(
+            synthetic_root,
+            sweep,
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner={name:ThresholdPruner,lower:0.99}",
+        ),
+        env=ONE_THREAD,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     study = study_of(sweep)
@@ -218,10 +264,19 @@ def test_a_completed_search_writes_its_best_trial_and_plots(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     sweep = tmp_path / "sweep"
-    proc = run_module(*search(synthetic_root, sweep, "hydra.sweeper.n_trials=3",
-                              "hydra.sweeper.pruner=none", "hydra.sweeper.sampler=random",
-                              "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                              "hydra.sweeper.n_jobs=2"), env=ONE_THREAD)  # fmt: skip
+    proc = run_module(
+        *search(
+            synthetic_root,
+            sweep,
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner=none",
+            "hydra.sweeper.sampler=random",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "hydra.sweeper.n_jobs=2",
+        ),
+        env=ONE_THREAD,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     study = study_of(sweep)
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
@@ -230,19 +285,30 @@ def test_a_completed_search_writes_its_best_trial_and_plots(
 
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == best.value and results["best_params"] == best.params
-    assert results["trials"] == {"complete": 3, "pruned": 0, "failed": 0, "not_run": 0,
-                                 "running": 0}  # fmt: skip
-    jobs = [json.loads((sweep / str(t.number) / "metrics.json").read_text())
-            for t in study.get_trials()]  # fmt: skip
+    assert results["trials"] == {
+        "complete": 3,
+        "pruned": 0,
+        "failed": 0,
+        "not_run": 0,
+        "running": 0,
+    }
+    jobs = [
+        json.loads((sweep / str(t.number) / "metrics.json").read_text()) for t in study.get_trials()
+    ]
     assert [j["val/acc_best"] for j in jobs] == [t.value for t in study.get_trials()]
     assert (sweep / "optuna_history.png").stat().st_size > 1000
     assert (sweep / "optuna_importances.png").stat().st_size > 1000
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=PROJECT_ROOT,
-                            env=user_env(ONE_THREAD), stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=PROJECT_ROOT,
+        env=user_env(ONE_THREAD),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.e2e
@@ -252,9 +318,14 @@ def test_a_killed_search_continues_where_it_stopped(
 ) -> None:
     sweep = tmp_path / "sweep"
     url = f"sqlite:///{sweep / 'optuna.db'}" if storage == "sqlite" else str(sweep / "study.log")
-    args = search(synthetic_root, sweep, "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner=none",
-                  f"hydra.sweeper.storage={url}",
-                  "+callbacks.slow._target_=tests.helpers.SlowSteps")  # fmt: skip
+    args = search(
+        synthetic_root,
+        sweep,
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.pruner=none",
+        f"hydra.sweeper.storage={url}",
+        "+callbacks.slow._target_=tests.helpers.SlowSteps",
+    )
     proc = _start(args, tmp_path / "first.log")
     deadline = time.monotonic() + 240
     done: list = []
@@ -271,8 +342,11 @@ def test_a_killed_search_continues_where_it_stopped(
     assert proc.poll() is None and done, (tmp_path / "first.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its running trial, at once
     proc.wait()
-    kept = {t.number: t.params for t in study_of(sweep, url).get_trials()
-            if t.state == TrialState.COMPLETE}  # fmt: skip
+    kept = {
+        t.number: t.params
+        for t in study_of(sweep, url).get_trials()
+        if t.state == TrialState.COMPLETE
+    }
 
     again = run_module(*args, env=ONE_THREAD)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
@@ -296,18 +370,26 @@ def test_a_killed_search_continues_where_it_stopped(
 def test_two_workers_share_one_study(synthetic_root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     workers = [
-        _start(search(synthetic_root, tmp_path / f"w{i}", "hydra.sweeper.n_trials=5",
-                      "hydra.sweeper.pruner=none", f"hydra.sweeper.storage={url}"),
-               tmp_path / f"w{i}.log")
+        _start(
+            search(
+                synthetic_root,
+                tmp_path / f"w{i}",
+                "hydra.sweeper.n_trials=5",
+                "hydra.sweeper.pruner=none",
+                f"hydra.sweeper.storage={url}",
+            ),
+            tmp_path / f"w{i}.log",
+        )
         for i in range(2)
-    ]  # fmt: skip
+    ]
     for w in workers:
         assert w.wait(timeout=300) == 0
     study = study_of(tmp_path, url)
     ended = finished(study)
     assert len(ended) == 5 and distinct_params(ended)
-    run_dirs = [p.parent.name for i in range(2)
-                for p in (tmp_path / f"w{i}").glob("*/metrics.json")]  # fmt: skip
+    run_dirs = [
+        p.parent.name for i in range(2) for p in (tmp_path / f"w{i}").glob("*/metrics.json")
+    ]
     assert sorted(run_dirs, key=int) == sorted(str(t.number) for t in ended)  # each ran once
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
     assert all("Optuna study 'seqmnist'" in text for text in logs)
@@ -340,8 +422,9 @@ def test_a_study_with_the_other_direction_is_left_alone(
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     url = f"sqlite:///{sweep / 'optuna.db'}"
-    study = optuna.create_study(study_name="seqmnist", storage=open_storage(url),
-                                direction="minimize")  # fmt: skip
+    study = optuna.create_study(
+        study_name="seqmnist", storage=open_storage(url), direction="minimize"
+    )
     study.tell(study.ask(), 0.25)
     proc = run_module(*search(synthetic_root, sweep), env=ONE_THREAD)
     out = proc.stdout + proc.stderr
@@ -355,10 +438,17 @@ def test_a_study_with_the_other_direction_is_left_alone(
 def test_pruning_reaches_jobs_run_by_submitit(synthetic_root: Path, tmp_path: Path) -> None:
     """submitit runs each trial in its own process: the job finds its trial in the storage."""
     sweep = tmp_path / "sweep"
-    proc = run_module(*search(synthetic_root, sweep, "hydra.sweeper.n_trials=2",
-                              "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
-                              "hydra.sweeper.pruner={name:ThresholdPruner,lower:0.99}"),
-                      env=ONE_THREAD)  # fmt: skip
+    proc = run_module(
+        *search(
+            synthetic_root,
+            sweep,
+            "hydra.sweeper.n_trials=2",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=5",
+            "hydra.sweeper.pruner={name:ThresholdPruner,lower:0.99}",
+        ),
+        env=ONE_THREAD,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert [t.state for t in study_of(sweep).get_trials()] == [TrialState.PRUNED] * 2
     for job in ("0", "1"):

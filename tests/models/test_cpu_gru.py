@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from seqmnist.errors import ConfigError
+from seqmnist.core.errors import ConfigError
 from seqmnist.models.cpu_gru import gru_train_forward, usable
 from seqmnist.models.nets import RecurrentClassifier
 
@@ -49,8 +49,9 @@ def test_used_only_to_train_float32_on_cpu() -> None:
 def test_classifier_with_fused_kernel_trains_like_native() -> None:
     torch.manual_seed(0)
     native = RecurrentClassifier(28, 10, cell="gru", hidden_size=16, num_layers=2)
-    fused = RecurrentClassifier(28, 10, cell="gru", hidden_size=16, num_layers=2,
-                                cpu_kernel="fused")  # fmt: skip
+    fused = RecurrentClassifier(
+        28, 10, cell="gru", hidden_size=16, num_layers=2, cpu_kernel="fused"
+    )
     fused.load_state_dict(native.state_dict())  # same parameters, same checkpoint keys
     x, y = torch.randn(8, 28, 28), torch.randint(0, 10, (8,))
     losses = []

@@ -149,7 +149,7 @@ def _nan_after_calls(monkeypatch, root: Path, nan_when):
 def test_non_finite_loss_stops_with_step_and_last_loss(
     synthetic_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from seqmnist.errors import NonFiniteLossError, SeqMNISTError
+    from seqmnist.core.errors import NonFiniteLossError, SeqMNISTError
 
     dm, model, _ = _nan_after_calls(monkeypatch, synthetic_root, lambda n: n > 3)
     trainer = make_trainer(tmp_path, max_epochs=1, log_every_n_steps=1, num_sanity_val_steps=0)
@@ -163,7 +163,7 @@ def test_non_finite_loss_stops_with_step_and_last_loss(
 def test_non_finite_loss_between_logging_steps_is_caught_at_epoch_end(
     synthetic_root: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from seqmnist.errors import NonFiniteLossError
+    from seqmnist.core.errors import NonFiniteLossError
 
     # A single bad batch, on a step that is not a logging step.
     dm, model, calls = _nan_after_calls(monkeypatch, synthetic_root, lambda n: n == 3)
@@ -204,7 +204,7 @@ def test_label_smoothing_changes_the_training_loss_only() -> None:
 
 
 def test_label_smoothing_outside_0_1_is_refused() -> None:
-    from seqmnist.errors import ConfigError
+    from seqmnist.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="model.label_smoothing=1.0"):
         SeqClassifier(net={"cell": "gru"}, optimizer=ADAM, label_smoothing=1.0)

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from seqmnist.errors import ConfigError
+from seqmnist.core.errors import ConfigError
 from seqmnist.models.nets import RecurrentClassifier, count_parameters
 
 
@@ -99,10 +99,12 @@ def test_compiled_net_matches_eager_and_keeps_its_state_dict_keys() -> None:
 
 @pytest.mark.parametrize(
     ("device", "dtype", "float32"),
-    [("cuda", torch.bfloat16, True),  # cuDNN would run it in fp16 with no GradScaler
-     ("cuda", torch.float16, False),  # 16-mixed: cuDNN's fp16 kernels, with its GradScaler
-     ("cpu", torch.bfloat16, True)],  # oneDNN has no reduced-precision LSTM kernel
-)  # fmt: skip
+    [
+        ("cuda", torch.bfloat16, True),  # cuDNN would run it in fp16 with no GradScaler
+        ("cuda", torch.float16, False),  # 16-mixed: cuDNN's fp16 kernels, with its GradScaler
+        ("cpu", torch.bfloat16, True),
+    ],  # oneDNN has no reduced-precision LSTM kernel
+)
 def test_which_autocast_keeps_the_recurrence_in_float32(
     monkeypatch, device: str, dtype: torch.dtype, float32: bool
 ) -> None:
@@ -115,13 +117,15 @@ def test_which_autocast_keeps_the_recurrence_in_float32(
     assert recurrence_in_float32(device) is float32
 
 
-@pytest.mark.parametrize(("cell", "layers", "bidirectional"),
-                         [("gru", 3, False), ("lstm", 2, True), ("rnn", 1, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cell", "layers", "bidirectional"), [("gru", 3, False), ("lstm", 2, True), ("rnn", 1, False)]
+)
 def test_tf1_initialisation(cell: str, layers: int, bidirectional: bool) -> None:
     torch.manual_seed(0)
     h = 200
-    net = RecurrentClassifier(28, 10, cell=cell, hidden_size=h, num_layers=layers,
-                              bidirectional=bidirectional, init="tf1")  # fmt: skip
+    net = RecurrentClassifier(
+        28, 10, cell=cell, hidden_size=h, num_layers=layers, bidirectional=bidirectional, init="tf1"
+    )
     rnn = net.rnn
     blocks = {"gru": [2, 1], "lstm": [4], "rnn": [1]}[cell]
     for name, w in rnn.named_parameters():

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seqmnist.errors import ConfigError
-from seqmnist.runs.checkpoints import load_checkpoint
-from seqmnist.runs.evaluation import evaluate_checkpoint
+from seqmnist.core.errors import ConfigError
+from seqmnist.inference.checkpoints import load_checkpoint
+from seqmnist.reports.evaluation import evaluate_checkpoint
 from seqmnist.training.averaging import EMAWeights, ema_with_warmup
 from tests.helpers import FAST, best_ckpt, train_in_process
 
@@ -43,9 +43,14 @@ def ema_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     run_dir = tmp_path_factory.mktemp("ema") / "run"
     overrides = [o for o in FAST if not o.startswith(("trainer.max_epochs", "trainer.limit_train"))]
     metrics = train_in_process(
-        synthetic_root, run_dir, *overrides, "trainer.max_epochs=2", "callbacks=ema",
-        "optimizer.lr=0.01", "callbacks.weight_averaging.decay=0.9",
-    )  # fmt: skip
+        synthetic_root,
+        run_dir,
+        *overrides,
+        "trainer.max_epochs=2",
+        "callbacks=ema",
+        "optimizer.lr=0.01",
+        "callbacks.weight_averaging.decay=0.9",
+    )
     assert metrics["status"] == "completed"
     return run_dir, metrics
 
@@ -95,7 +100,11 @@ def test_test_evaluate_and_predict_use_the_averaged_weights(
     assert loss_trained != pytest.approx(loss, rel=1e-4)
 
     result = evaluate_checkpoint(
-        ckpt, tmp_path / "eval", data_root=synthetic_root, device="cpu", download=False,
+        ckpt,
+        tmp_path / "eval",
+        data_root=synthetic_root,
+        device="cpu",
+        download=False,
         tensorboard=False,
-    )  # fmt: skip
+    )
     assert result["metrics"]["accuracy"] == pytest.approx(acc, abs=1e-6)

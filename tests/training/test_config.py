@@ -9,11 +9,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from seqmnist.core.errors import ConfigError
 from seqmnist.data import SeqMNISTDataModule
-from seqmnist.errors import ConfigError
 from seqmnist.models import RecurrentClassifier
 from seqmnist.training.build import build_group, build_trainer
-from seqmnist.training.config import SHORT_KEYS, validate
+from seqmnist.training.config import SHORT_KEYS, net_of, run_settings, validate
 from tests.helpers import CONFIG_DIR, compose_config
 
 GROUPS = ["cell", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment"]
@@ -92,7 +92,7 @@ def test_data_root_from_env(monkeypatch) -> None:
     monkeypatch.setenv("SEQMNIST_DATA_ROOT", "/some/where")
     assert make_cfg().data.root == "/some/where"
     monkeypatch.delenv("SEQMNIST_DATA_ROOT")
-    assert make_cfg().data.root == "./data"
+    assert make_cfg().data.root == "data"
     assert make_cfg("data.root=/x").data.root == "/x"
 
 
@@ -218,3 +218,26 @@ def test_the_progress_bar_shows_no_logger_version(synthetic_root, tmp_path) -> N
     # The bar shows the step values the module read on its logging steps.
     assert any("train/loss" in items and "train/acc" in items for items in shown)
     assert any("val/acc" in items for items in shown)
+
+
+def test_run_settings_of_a_composed_config() -> None:
+    cfg = compose_config(
+        "cell=gru",
+        "layers=3",
+        "hidden=200",
+        "optimizer=rmsprop",
+        "scheduler=onecycle",
+        "trainer.gradient_clip_val=1.0",
+    )
+    s = run_settings(cfg)
+    assert (s["cell"], s["layers"], s["hidden"], s["optimizer"]) == ("gru", 3, 200, "RMSprop")
+    assert s["scheduler"] == "OneCycleLR" and s["gradient_clip_val"] == 1.0
+    assert (s["dataset"], s["sequence"], s["seed"], s["max_epochs"]) == ("mnist", "row", 42, 20)
+    # The short keys map back to the network's arguments, for the run's one-line name.
+    assert net_of(s) == {
+        "cell": "gru",
+        "num_layers": 3,
+        "hidden_size": 200,
+        "dropout": 0.0,
+        "bidirectional": False,
+    }

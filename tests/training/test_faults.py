@@ -46,13 +46,27 @@ def start_and_signal(
     ``group``: to every process of the run, as Ctrl+C in a terminal does (DDP ranks
     included); otherwise to the process started (rank 0), as ``kill PID`` does.
     """
-    cmd = [sys.executable, "-m", "seqmnist.train", f"data.root={root}",
-           f"hydra.run.dir={run_dir}", *RUN, SLOW, *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "seqmnist.train",
+        f"data.root={root}",
+        f"hydra.run.dir={run_dir}",
+        *RUN,
+        SLOW,
+        *extra,
+    ]
     # A session of its own either way, so that a run that hangs is ended with all its ranks
     # instead of holding their ports and cores for the tests after it.
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=user_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=PROJECT_ROOT,
+        env=user_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         last = run_dir / "checkpoints" / "last.ckpt"
         deadline = time.monotonic() + 240
@@ -120,11 +134,15 @@ class _OneProcess:
     world_size = 1
 
 
-@pytest.mark.parametrize(("sig", "code", "name"), [
-    (signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl+C"),
-    (signal.SIGUSR1, 138, "SIGUSR1 (the job's time limit)"),
-    (signal.SIGUSR2, 140, "SIGUSR2 (the job's time limit)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sig", "code", "name"),
+    [
+        (signal.SIGTERM, 143, "SIGTERM"),
+        (signal.SIGINT, 130, "Ctrl+C"),
+        (signal.SIGUSR1, 138, "SIGUSR1 (the job's time limit)"),
+        (signal.SIGUSR2, 140, "SIGUSR2 (the job's time limit)"),
+    ],
+)
 def test_a_signal_is_recorded_during_a_stage_and_raises_outside_one(
     sig: int, code: int, name: str
 ) -> None:
@@ -176,8 +194,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"),
-                                                   (signal.SIGINT, 130, "Ctrl+C")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("sig", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl+C")]
+)
 def test_signal_stops_cleanly_with_a_checkpoint_and_resumes(
     synthetic_root: Path, tmp_path: Path, uninterrupted: dict, sig: int, code: int, name: str
 ) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from seqmnist.checks import Rule, check_all, number
-from seqmnist.errors import ConfigError
+from seqmnist.core.checks import Rule, check_all, number
+from seqmnist.core.errors import ConfigError
 
 # ``data.augment.<name>``: the strengths a config may set (0 switches a part off).
 RULES: dict[str, Rule] = {
@@ -85,7 +85,7 @@ class BatchAugment:
         if not self.active:
             return images
         n, h, w = images.shape
-        grid = F.affine_grid(self._inverse_affine(n, images), [n, 1, h, w], align_corners=False)
+        grid = F.affine_grid(self.inverse_affine(n, images), [n, 1, h, w], align_corners=False)
         if self.elastic_alpha:
             grid = grid + self._displacement(n, h, w, images)
         out = F.grid_sample(
@@ -97,7 +97,7 @@ class BatchAugment:
         """``n`` draws uniform in ``[-limit, limit]`` (float32, on ``like``'s device)."""
         return (torch.rand(n, device=like.device) * 2 - 1) * limit
 
-    def _inverse_affine(self, n: int, like: torch.Tensor) -> torch.Tensor:
+    def inverse_affine(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """``(N, 2, 3)`` maps from output to input coordinates (affine_grid's convention).
 
         The forward map is translate . rotate . shear . scale about the image centre, in

@@ -13,14 +13,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from seqmnist.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
+from seqmnist.core.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
+from seqmnist.core.errors import ConfigError
+from seqmnist.core.internals import batches_done_this_epoch
 from seqmnist.data import idx
 from seqmnist.data.augment import BatchAugment
 from seqmnist.data.idx import DATASETS, default_data_root, load_split, missing_files
 from seqmnist.data.sampler import EpochBatches
 from seqmnist.data.sequences import SEQUENCE_MODES, Layout, check_step_pixels, permutation
-from seqmnist.errors import ConfigError
-from seqmnist.lightning_internals import batches_done_this_epoch
 
 # The data module's arguments that a config may get wrong (``data.<name>`` in conf/data/).
 RULES: dict[str, Rule] = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets as tv_datasets
 
-from seqmnist.errors import DataError
+from seqmnist.core.errors import DataError
 
 IMAGE_SIDE = 28
 PIXELS = IMAGE_SIDE * IMAGE_SIDE
@@ -27,8 +27,13 @@ _IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
 
 def default_data_root() -> str:
-    """``$SEQMNIST_DATA_ROOT`` if set, else ``data/`` under the current directory."""
-    return os.environ.get("SEQMNIST_DATA_ROOT") or "data"
+    """The one default of ``data.root``: ``$SEQMNIST_DATA_ROOT`` if set, else ``data/`` under
+    ``$SEQMNIST_PROJECT_ROOT`` (the current directory when unset). The configs read it through
+    the ``seqmnist.data_root`` resolver (``paths.data_dir``)."""
+    if root := os.environ.get("SEQMNIST_DATA_ROOT"):
+        return root
+    project = os.environ.get("SEQMNIST_PROJECT_ROOT")
+    return str(Path(project) / "data") if project else "data"
 
 
 def raw_folder(root: str | Path, dataset: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from seqmnist.errors import SeqMNISTError
+from seqmnist.core.errors import SeqMNISTError
 
 SIDE = 28
 BOX = 20  # the longer side of the digit inside the 28x28 field, as in MNIST

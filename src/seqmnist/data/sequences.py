@@ -6,14 +6,19 @@ from dataclasses import dataclass
 
 import torch
 
-from seqmnist.checks import Rule
+from seqmnist.core.checks import Rule
+from seqmnist.core.errors import ConfigError
 from seqmnist.data.idx import IMAGE_SIDE, PIXELS
-from seqmnist.errors import ConfigError
 
 SEQUENCE_MODES = ("row", "column", "pixel", "permuted", "patch")
 # What one time step reads, in words (reports and the demo): "after 14 rows".
-STEP_NAMES = {"row": "rows", "column": "columns", "pixel": "pixels", "permuted": "pixels",
-              "patch": "steps"}  # fmt: skip
+STEP_NAMES = {
+    "row": "rows",
+    "column": "columns",
+    "pixel": "pixels",
+    "permuted": "pixels",
+    "patch": "steps",
+}
 _DIVISORS = [d for d in range(1, PIXELS + 1) if PIXELS % d == 0]
 STEP_PIXELS = Rule(
     lambda v: isinstance(v, int) and not isinstance(v, bool) and v in _DIVISORS,

@@ -48,11 +48,19 @@ class _GRULayer(torch.autograd.Function):
         w_hh_t, b_hn = w_hh.t(), b_hh[2 * H :]
         # Per-step views made once (unbind), not sliced anew in every step of the loop.
         steps = zip(
-            gi[..., : 2 * H].unbind(), gi[..., 2 * H :].unbind(), gh.unbind(),
-            gh[..., : 2 * H].unbind(), gh[..., 2 * H :].unbind(), rz.unbind(),
-            rz[..., :H].unbind(), rz[..., H:].unbind(), ns.unbind(), hs[:-1].unbind(),
-            hs[1:].unbind(), strict=True,
-        )  # fmt: skip
+            gi[..., : 2 * H].unbind(),
+            gi[..., 2 * H :].unbind(),
+            gh.unbind(),
+            gh[..., : 2 * H].unbind(),
+            gh[..., 2 * H :].unbind(),
+            rz.unbind(),
+            rz[..., :H].unbind(),
+            rz[..., H:].unbind(),
+            ns.unbind(),
+            hs[:-1].unbind(),
+            hs[1:].unbind(),
+            strict=True,
+        )
         for gi_rz, gi_n, gh_t, gh_rz, gh_n, rz_t, r_t, z_t, n_t, h_t, h_next in steps:
             torch.mm(h_t, w_hh_t, out=gh_t)
             torch.add(gi_rz, gh_rz, out=rz_t).sigmoid_()
@@ -74,10 +82,19 @@ class _GRULayer(torch.autograd.Function):
         dan = x.new_empty(T, B, H)  # d(a_n), the input side's third block
         dh = x.new_zeros(B, H)
         steps = zip(
-            dout.unbind(), a.unbind(), c.unbind(), e.unbind(), r.unbind(), z.unbind(),
-            dan.unbind(), dgh.unbind(), dgh[..., :H].unbind(), dgh[..., H : 2 * H].unbind(),
-            dgh[..., 2 * H :].unbind(), strict=True,
-        )  # fmt: skip
+            dout.unbind(),
+            a.unbind(),
+            c.unbind(),
+            e.unbind(),
+            r.unbind(),
+            z.unbind(),
+            dan.unbind(),
+            dgh.unbind(),
+            dgh[..., :H].unbind(),
+            dgh[..., H : 2 * H].unbind(),
+            dgh[..., 2 * H :].unbind(),
+            strict=True,
+        )
         for do_t, a_t, c_t, e_t, r_t, z_t, dan_t, dgh_t, dr_t, dz_t, dn_t in reversed(list(steps)):
             dh += do_t
             torch.mul(dh, a_t, out=dan_t)

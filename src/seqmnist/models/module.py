@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from seqmnist.checks import Rule, number
-from seqmnist.errors import NonFiniteLossError
-from seqmnist.lightning_internals import is_logging_step
+from seqmnist.core.checks import Rule, number
+from seqmnist.core.errors import NonFiniteLossError
+from seqmnist.core.internals import is_logging_step
 from seqmnist.models.metrics import WeightedMean
 from seqmnist.models.nets import RecurrentClassifier
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqmnist.checks import BOOLEAN, Rule, check_all, int_at_least, number, one_of
-from seqmnist.errors import ConfigError
+from seqmnist.core.checks import BOOLEAN, Rule, check_all, int_at_least, number, one_of
+from seqmnist.core.errors import ConfigError
 from seqmnist.models import cpu_gru
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}

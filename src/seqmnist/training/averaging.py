@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 
-from seqmnist.errors import ConfigError
+from seqmnist.core.errors import ConfigError
 
 
 def ema_with_warmup(decay: float):

@@ -11,8 +11,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig
 
-from seqmnist.errors import ConfigError, SeqMNISTError
-from seqmnist.lightning_internals import quiet_console
+from seqmnist.core.errors import ConfigError, SeqMNISTError
+from seqmnist.core.internals import quiet_console
 
 
 def build(node: Any, **kwargs: Any) -> Any:

@@ -1,7 +1,7 @@
 """Surviving faults: RNG state in checkpoints, atomic checkpoint files, clean stops on
 signals (Ctrl+C, SIGTERM, the SLURM time-limit signals), on one process or many.
 
-A run killed at any point and resumed from its ``last.ckpt`` (``seqmnist.runs.resume``)
+A run killed at any point and resumed from its ``last.ckpt`` (``seqmnist.jobs.resume``)
 ends with the same metrics as an uninterrupted run (on CPU, single process) because
 everything that decides the next training step is in the checkpoint: weights, optimizer
 and scheduler (Lightning), loop counters (Lightning), each rank's position in the epoch's
@@ -25,7 +25,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from seqmnist.lightning_internals import is_logging_step
+from seqmnist.core.compat import cuda_rng_state
+from seqmnist.core.internals import is_logging_step
+from seqmnist.core.rundir import LAST_CKPT, RunDir
 
 log = logging.getLogger("seqmnist.faults")
 
@@ -73,12 +75,10 @@ def set_rng_states(states: dict[str, Any], device: torch.device | None = None) -
     cuda = states.get("cuda")
     if cuda is None or device is None or device.type != "cuda":
         return
-    if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per visible GPU
-        index = device.index or 0
-        if index >= len(cuda):
-            log.warning("the checkpoint has no CUDA generator state for %s; left as seeded", device)
-            return
-        cuda = cuda[index]
+    cuda = cuda_rng_state(cuda, device.index or 0)
+    if cuda is None:
+        log.warning("the checkpoint has no CUDA generator state for %s; left as seeded", device)
+        return
     torch.cuda.set_rng_state(cuda, device)
 
 
@@ -185,7 +185,7 @@ class FaultTolerance(L.Callback):
     saves ``last.ckpt`` together and raises ``SIGTERMException``.
     """
 
-    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt") -> None:
+    def __init__(self, dirpath: str | None = None, filename: str = LAST_CKPT) -> None:
         self.dirpath = dirpath
         self.filename = filename
         self._pending: dict[str, Any] | None = None
@@ -244,7 +244,7 @@ class FaultTolerance(L.Callback):
             StopRequest.active.deferring = False
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
-        folder = self.dirpath or Path(trainer.default_root_dir) / "checkpoints"
+        folder = self.dirpath or RunDir(trainer.default_root_dir).checkpoints
         return Path(folder) / self.filename
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:

@@ -1,0 +1,534 @@
+"""The implementation of seqmnist's Optuna sweeper (:mod:`.sweeper` is the thin plugin class
+Hydra finds; it imports this module, and Optuna, only when a search starts): pruning,
+persistent storage, many workers.
+
+``python -m seqmnist.train hparams_search=optuna hydra.sweeper.n_trials=20`` asks the study
+for trials, launches each as a job through the configured launcher (basic, joblib, submitit,
+SLURM) and tells the study how each ended: complete (its ``optimized_metric``), pruned (the job's
+pruning callback stopped it) or failed. Jobs report to their trial through the storage, so
+the pruner works whatever process or machine runs them.
+
+The study lives in its storage (default: ``sqlite:///<sweep dir>/optuna.db``). Running the
+same command again against the same storage and study name continues it: finished trials
+stay, trials whose sweep died are marked failed once their heartbeat is stale, and the study
+ends when it holds ``n_trials`` finished (complete or pruned) trials. Several sweeps started
+with the same storage and study name share the study and together run ``n_trials`` trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import OverrideParseException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from seqmnist.core.compat import optimized_metric
+from seqmnist.core.errors import ConfigError, SeqMNISTError
+from seqmnist.core.internals import optuna_trial_id
+from seqmnist.core.rundir import RunDir
+from seqmnist.jobs.search import (
+    STUDY_PRUNER_ATTR,
+    make_pruner,
+    make_sampler,
+    open_storage,
+)
+
+log = logging.getLogger("seqmnist.optuna")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+NOT_RUN = "seqmnist:not_run"  # a trial asked for but closed unrun (study full, or a repeat)
+TRIAL_KEY = "optuna_trial"  # the job config's node naming its study and trial
+_ABSENT = object()
+
+
+# -- the search space ----------------------------------------------------------------------
+def distribution(override: Override) -> BaseDistribution | None:
+    """The Optuna distribution of a sweep override; None for a fixed value."""
+    if not override.is_sweep_override():
+        return None
+    value = override.value()
+    key = override.get_key_element()
+    if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator()))
+    if isinstance(value, RangeSweep):
+        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
+            # range(a, b, step) excludes b, as Python's range and Hydra's do.
+            high = value.stop - value.step
+            return FloatDistribution(value.start, high, step=value.step)
+        return IntDistribution(int(value.start), int(value.stop) - 1, step=int(value.step))
+    if isinstance(value, IntervalSweep):
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise ConfigError(f"{key}: {override.input_line!r} is not a sweep the Optuna sweeper takes")
+
+
+def parse_search_space(
+    lines: Sequence[str],
+) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """``key=choice(...)`` lines -> (distributions, fixed ``key=value`` overrides)."""
+    parser = OverridesParser.create()
+    space: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for line in lines:
+        try:
+            (override,) = parser.parse_overrides([line])
+        except OverrideParseException as e:
+            first = " ".join(str(e).split())[:200]
+            raise ConfigError(
+                f"hydra.sweeper.params: {line!r} is not a search-space expression ({first}). "
+                "Fix: choice(a, b), interval(low, high), tag(log, interval(low, high)) or "
+                "range(start, stop, step)."
+            ) from None
+        try:
+            dist = distribution(override)
+        except ValueError as e:  # Optuna refuses the bounds (low > high, log of 0, ...)
+            raise ConfigError(f"hydra.sweeper.params: {line!r}: {e}") from None
+        key = override.get_key_element()
+        if dist is None:
+            fixed[key] = override.get_value_element_as_str()
+        else:
+            space[key] = dist
+    return space, fixed
+
+
+def check_keys(keys: Sequence[str], config: DictConfig, groups: dict[str, list[str]]) -> None:
+    """Every searched key must be a config key or a config group (with known options)."""
+    for key in keys:
+        bare = key.lstrip("+~")
+        if key.startswith("+") or bare in groups:
+            continue
+        if OmegaConf.select(config, bare, default=_ABSENT) is _ABSENT:
+            raise ConfigError(
+                f"hydra.sweeper.params.{bare}: no such key in the config, and no config group "
+                "of that name. Fix: search keys that exist (python -m seqmnist.train --cfg job "
+                "lists them; groups such as cell, optimizer, scheduler, data work too)."
+            )
+
+
+def check_choices(space: dict[str, BaseDistribution], groups: dict[str, list[str]]) -> None:
+    for key, dist in space.items():
+        if key in groups and isinstance(dist, CategoricalDistribution):
+            unknown = [c for c in dist.choices if str(c) not in groups[key]]
+            if unknown:
+                raise ConfigError(
+                    f"hydra.sweeper.params.{key}: {unknown} are not options of the {key} "
+                    f"group; options: {groups[key]}."
+                )
+
+
+def override_value(value: Any) -> str:
+    """A sampled value as a command-line override value."""
+    if isinstance(value, float):
+        return repr(value)
+    if value is None:
+        return "null"
+    return str(value)
+
+
+# -- heartbeats of the trials this sweep runs ---------------------------------------------
+class Heartbeats:
+    """Records a heartbeat for each running trial of this sweep every ``interval`` seconds,
+    so a trial whose sweep was killed can be told from one still running elsewhere.
+
+    The beat is a trial system attribute, so :meth:`fail_stale` works the same on every
+    storage; database storages also get Optuna's own heartbeat (``record_heartbeat``), which
+    ``optuna.storages.fail_stale_trials`` and the dashboard read.
+    """
+
+    ATTR = "seqmnist:heartbeat"
+
+    def __init__(self, storage: Any, interval: int, grace_period: int) -> None:
+        self.storage = storage
+        self.interval = interval
+        self.grace_period = grace_period
+        self.native = isinstance(storage, optuna.storages.RDBStorage) and interval > 0
+        self.enabled = interval > 0
+        self.trial_ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> Heartbeats:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _record(self, trial_id: int) -> None:
+        if self.native:  # for Optuna's own tools (optuna.storages.fail_stale_trials)
+            self.storage.record_heartbeat(trial_id)
+        self.storage.set_trial_system_attr(trial_id, self.ATTR, time.time())
+
+    def add(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.add(trial_id)
+        if self.enabled:
+            self._record(trial_id)
+
+    def remove(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.discard(trial_id)
+
+    def fail_stale(self, study: optuna.Study) -> None:
+        """Mark failed the running trials whose heartbeat is older than the grace period."""
+        if not self.enabled:
+            return
+        if self.native:
+            optuna.storages.fail_stale_trials(study)
+        # Also a trial with no beat at all, killed between its ask and its first beat (Optuna's
+        # check skips those): its start time counts as its last beat.
+        now = time.time()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.system_attrs.get(self.ATTR)
+            if beat is None and t.datetime_start is not None:
+                beat = t.datetime_start.timestamp()
+            if beat is not None and now - float(beat) > self.grace_period:
+                with contextlib.suppress(RuntimeError, ValueError):  # it finished meanwhile
+                    study.tell(t.number, state=TrialState.FAIL)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.trial_ids)
+            for trial_id in ids:
+                try:
+                    self._record(trial_id)
+                except Exception:  # a finished trial, a passing database error: try later
+                    log.debug("heartbeat of trial %s not recorded", trial_id, exc_info=True)
+
+
+# -- the sweeper ----------------------------------------------------------------------------
+class OptunaSweeperImpl(Sweeper):
+    """See the module docstring; settings in :class:`.config.OptunaSweeperConf`."""
+
+    def __init__(
+        self,
+        sampler: Any,
+        seed: Any,
+        pruner: Any,
+        direction: str,
+        storage: Any,
+        study_name: str,
+        n_trials: int,
+        n_jobs: int,
+        heartbeat_interval: int,
+        grace_period: int,
+        params: DictConfig | None,
+    ) -> None:
+        self.sampler_spec = _plain(sampler)
+        self.seed = seed
+        self.pruner_spec = _plain(pruner)
+        self.direction = direction
+        self.storage_url = storage
+        self.study_name = study_name
+        self.n_trials = n_trials
+        self.n_jobs = n_jobs
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        self.config: DictConfig | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.metric = optimized_metric({"optimized_metric": config.get("optimized_metric")})
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.sweep_dir = Path(config.hydra.sweep.dir).expanduser().resolve()
+
+    # -- checks, before any trial runs -------------------------------------------------
+    def _groups(self, keys: Sequence[str]) -> dict[str, list[str]]:
+        """The options of each key that is a config group (``cell``, ``optimizer``, ...)."""
+        loader = self.hydra_context.config_loader
+        found = {}
+        for key in keys:
+            options = loader.get_group_options(key.lstrip("+~"))
+            if options:
+                found[key.lstrip("+~")] = [str(o) for o in options]
+        return found
+
+    def plan(self, arguments: Sequence[str]) -> dict[str, Any]:
+        """Check every setting and open the storage; raises :class:`ConfigError`."""
+        assert self.config is not None
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials!r} must be an integer >= 1")
+        if not isinstance(self.n_jobs, int) or self.n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs!r} must be an integer >= 1")
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.direction!r} must be maximize or minimize"
+            )
+        lines = [f"{k}={v}" for k, v in self.params.items()]
+        # Command-line sweeps (layers=choice(1,2)) join the configured space and win over it.
+        lines = [
+            ln for ln in lines if ln.split("=", 1)[0] not in {a.split("=", 1)[0] for a in arguments}
+        ] + list(arguments)
+        space, fixed = parse_search_space(lines)
+        if not space:
+            raise ConfigError(
+                "hydra.sweeper.params is empty: nothing to search. Fix: give keys to search, "
+                "e.g. hydra.sweeper.params.layers='choice(1,2,3)' (see conf/hparams_search/)."
+            )
+        # The searched keys must exist; the command line's fixed overrides were checked by
+        # Hydra when it composed this config, and go to every job as they are.
+        searched = list(space) + [k for k in fixed if k in self.params]
+        groups = self._groups(searched)
+        check_keys(searched, self.config, groups)
+        check_choices(space, groups)
+        sampler = make_sampler(self.sampler_spec, self.seed)
+        make_pruner(self.pruner_spec)
+        url = self.storage_url or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        storage = open_storage(str(url), self.heartbeat_interval, self.grace_period)
+        try:
+            existing = optuna.load_study(study_name=self.study_name, storage=storage)
+        except KeyError:  # no such study yet
+            existing = None
+        if existing is not None and existing.direction.name.lower() != self.direction:
+            raise ConfigError(
+                f"study {self.study_name!r} in {url} already exists and "
+                f"{existing.direction.name.lower()}s; hydra.sweeper.direction={self.direction} "
+                "would mix the two. Fix: another hydra.sweeper.study_name, or the same direction."
+            )
+        return {
+            "space": space,
+            "fixed": fixed,
+            "sampler": sampler,
+            "storage": storage,
+            "url": str(url),
+            "exists": existing is not None,
+        }
+
+    # -- the study loop -------------------------------------------------------------------
+    def sweep(self, arguments: list[str]) -> None:
+        self.started = time.monotonic()
+        try:
+            plan = self.plan(arguments)
+        except SeqMNISTError as e:
+            log.error(str(e))
+            sys.exit(e.EXIT_CODE)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=plan["storage"],
+            sampler=plan["sampler"],
+            direction=self.direction,
+            load_if_exists=True,
+        )
+        study.set_user_attr(STUDY_PRUNER_ATTR, self.pruner_spec)
+        if plan["exists"]:
+            # Another run (or an earlier one) drew from the same seeded stream: draw anew so
+            # this sweep does not propose what it already proposed.
+            study.sampler.reseed_rng()
+        log.info(
+            f"Optuna study {self.study_name!r} in {plan['url']} "
+            f"({'continued' if plan['exists'] else 'new'}): {self.n_trials} finished trials "
+            f"wanted, {self.n_jobs} at a time; sampler {type(study.sampler).__name__}, "
+            f"pruner {self.pruner_spec}"
+        )
+        with Heartbeats(plan["storage"], self.heartbeat_interval, self.grace_period) as beats:
+            while True:
+                beats.fail_stale(study)
+                trials = study.get_trials(deepcopy=False)
+                finished = sum(t.state in FINISHED for t in trials)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                if finished >= self.n_trials:
+                    break
+                free = self.n_trials - finished - running
+                if free <= 0:  # the rest is running in other sweeps: wait for them
+                    time.sleep(min(5.0, max(1.0, self.heartbeat_interval / 2)))
+                    continue
+                batch = [
+                    t
+                    for t in (
+                        self._ask(study, plan["space"]) for _ in range(min(self.n_jobs, free))
+                    )
+                    if t
+                ]
+                if batch:
+                    self._run(study, batch, plan, beats)
+        self._write_results(study)
+
+    def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> Any:
+        """A new trial with its parameters, or None when the study is already full."""
+        for _ in range(20):
+            trial = study.ask(space)
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+            counted = [t for t in earlier if t.state != TrialState.FAIL]
+            if len(counted) >= self.n_trials:  # other sweeps took the last places
+                study.tell(trial, state=TrialState.FAIL)
+                study.set_user_attr(f"{NOT_RUN}:{trial.number}", "study full")
+                return None
+            if not any(t.params == trial.params for t in counted):
+                return trial
+            # The same parameters again (a small space, or a sampler's repeat): not run twice.
+            study.tell(trial, state=TrialState.FAIL)
+            study.set_user_attr(f"{NOT_RUN}:{trial.number}", "repeat of an earlier trial")
+        return trial  # the space is exhausted: run the repeat rather than loop forever
+
+    def _overrides(self, trial: Any, plan: dict[str, Any]) -> list[str]:
+        params = {k: override_value(v) for k, v in trial.params.items()}
+        return [
+            *(f"{k}={v}" for k, v in plan["fixed"].items()),
+            *(f"{k}={v}" for k, v in params.items()),
+            f"{TRIAL_KEY}.storage='{plan['url']}'",
+            f"{TRIAL_KEY}.study_name='{self.study_name}'",
+            f"{TRIAL_KEY}.trial_id={optuna_trial_id(trial)}",
+            f"{TRIAL_KEY}.number={trial.number}",
+        ]
+
+    def _run(self, study: optuna.Study, batch: list[Any], plan: dict, beats: Heartbeats) -> None:
+        """Launch ``batch`` (job directory = trial number) and tell the study how each ended."""
+        for trial in batch:
+            beats.add(optuna_trial_id(trial))
+        try:
+            # Consecutive trial numbers go out together; the launcher numbers jobs from
+            # initial_job_idx, so each job's directory is its trial's number.
+            for _, group in itertools.groupby(
+                enumerate(batch), key=lambda it: it[1].number - it[0]
+            ):
+                trials = [t for _, t in group]
+                returns = self.launcher.launch(
+                    [self._overrides(t, plan) for t in trials], initial_job_idx=trials[0].number
+                )
+                for trial, ret in zip(trials, returns, strict=True):
+                    self._tell(study, trial, ret)
+        finally:
+            for trial in batch:
+                beats.remove(optuna_trial_id(trial))
+
+    def _tell(self, study: optuna.Study, trial: Any, ret: JobReturn) -> None:
+        job_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
+        try:
+            metrics = RunDir(job_dir).read_metrics() if job_dir else None
+        except ValueError:
+            metrics = None
+        status = (metrics or {}).get("status")
+        if status == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info(f"trial {trial.number} pruned after epoch {metrics.get('pruned_at_epoch')}")
+            return
+        metric = optimized_metric(metrics or {})
+        value = (metrics or {}).get(metric)
+        if value is None and ret.status == JobStatus.COMPLETED:
+            value = ret.return_value
+        if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
+            study.tell(trial, float(value))
+            log.info(f"trial {trial.number}: {metric} {value:.4f} {trial.params}")
+            return
+        study.tell(trial, state=TrialState.FAIL)
+        log.warning(f"trial {trial.number} failed: {(metrics or {}).get('error', status)}")
+
+    # -- results ----------------------------------------------------------------------------
+    def _mark_dead_jobs(self, trials: Sequence[Any]) -> None:
+        """A trial failed because its sweep died left its job's metrics.json saying running:
+        say failed there too, so the report agrees with the study."""
+        for t in trials:
+            job = RunDir(self.sweep_dir / str(t.number))
+            if t.state != TrialState.FAIL or not job.metrics_file.is_file():
+                continue
+            try:
+                status = (job.read_metrics() or {}).get("status")
+            except ValueError:
+                continue
+            if status == "running":
+                # Not "failed": the job did nothing wrong, and the search that continued it
+                # should not exit non-zero for it.
+                job.record_status(
+                    "killed: its sweep stopped and the trial's heartbeat went stale; the study "
+                    "marked the trial failed",
+                    status="interrupted",
+                )
+
+    def _write_results(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        self._mark_dead_jobs(trials)
+        not_run = {int(k.rsplit(":", 1)[1]) for k in study.user_attrs if k.startswith(NOT_RUN)}
+        counts = {
+            "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": sum(t.state == TrialState.FAIL and t.number not in not_run for t in trials),
+            "not_run": len(not_run),
+            "running": sum(t.state == TrialState.RUNNING for t in trials),
+        }
+        wall = round(time.monotonic() - self.started, 1)
+        results: dict[str, Any] = {
+            "name": "optuna",
+            "study_name": self.study_name,
+            "direction": self.direction,
+            "trials": counts,
+            "pruner": self.pruner_spec,
+            "wall_seconds": wall,
+        }
+        if counts["complete"]:
+            best = study.best_trial
+            results.update(
+                best_params=dict(best.params), best_value=best.value, best_trial=best.number
+            )
+            log.info(f"best trial {best.number}: {self.metric} {best.value:.4f} {best.params}")
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(OmegaConf.create(results), self.sweep_dir / "optimization_results.yaml")
+        log.info(f"trials: {counts}; results in {self.sweep_dir / 'optimization_results.yaml'}")
+        self._plots(study)
+
+    def _plots(self, study: optuna.Study) -> None:
+        if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            log.info("no complete trial yet: optuna_history.png and optuna_importances.png skipped")
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ovm
+
+        figures = {
+            "optuna_history.png": ovm.plot_optimization_history,
+            "optuna_importances.png": ovm.plot_param_importances,
+        }
+        for name, draw in figures.items():
+            try:
+                ax = draw(study)
+                ax.figure.set_size_inches(8, 5)
+                ax.figure.tight_layout()
+                ax.figure.savefig(self.sweep_dir / name, dpi=110)
+                plt.close(ax.figure)
+            except Exception as e:  # too few complete trials, a constant parameter, ...
+                log.info(f"{name} not drawn: {' '.join(str(e).split())[:160]}")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value

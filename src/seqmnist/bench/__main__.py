@@ -1,0 +1,5 @@
+"""``python -m seqmnist.bench``: see :mod:`seqmnist.bench.cli`."""
+
+from seqmnist.bench.cli import main
+
+main()

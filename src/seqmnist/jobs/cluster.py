@@ -1,0 +1,221 @@
+"""Where a job's processes come from and what they share: DDP ranks started by Lightning,
+by torchrun, by SLURM or by submitit; threads and GPUs for parallel jobs of a sweep.
+
+- Lightning starts DDP ranks > 0 by running the command line again. In a Hydra multirun
+  that line holds the whole sweep, so each rank would run its own sweep. :func:`one_job`
+  points the ranks it starts at this job's resolved config instead (``train.py`` runs
+  that file when started as such a rank), and clears what Lightning leaves behind
+  (environment variables, the process group) so the next job starts ranks of its own.
+- submitit's local executor starts ``tasks_per_node`` processes itself, as ``srun`` does on
+  SLURM; :func:`export_submitit_ranks` tells Lightning which rank each one is, so the
+  SLURM launcher config can be tried on one machine.
+- The SLURM launcher's nodes, tasks and GPUs follow ``trainer.num_nodes``/``devices``
+  through the resolvers :func:`devices_per_node` and :func:`gpus_per_node`
+  (conf/hydra/launcher/slurm.yaml; registered by ``seqmnist.shell``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, open_dict
+
+from seqmnist.core.errors import ConfigError
+from seqmnist.core.internals import (
+    rank_zero_rank,
+    set_rank_zero_rank,
+    stop_child_process_observers,
+)
+from seqmnist.core.machine import usable_cpus
+
+log = logging.getLogger("seqmnist.cluster")
+
+# Set for the ranks Lightning starts: the resolved config of the job they belong to.
+RANK_CONFIG_ENV = "SEQMNIST_RANK_CONFIG"
+# What Lightning's process launcher writes into the launching process's environment.
+_LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+# -- the SLURM launcher follows the trainer ---------------------------------------------
+def devices_per_node(devices: Any) -> int:
+    """``trainer.devices`` as SLURM tasks per node: Lightning wants one task per device."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    if isinstance(devices, str) and devices.isdigit() and int(devices) >= 1:
+        return int(devices)
+    if isinstance(devices, (list, tuple)) and devices:
+        return len(devices)
+    raise ConfigError(
+        f"trainer.devices={devices!r} cannot size a SLURM job: it needs one task per device. "
+        "Fix: give a number, e.g. trainer.devices=4 (GPUs or CPU processes per node)."
+    )
+
+
+def gpus_per_node(accelerator: str, devices: Any) -> int:
+    """GPUs to ask SLURM for: one per device with ``accelerator=gpu``/``cuda``, none for cpu."""
+    if str(accelerator) in ("gpu", "cuda"):
+        return devices_per_node(devices)
+    if str(accelerator) == "cpu":
+        return 0
+    raise ConfigError(
+        f"trainer.accelerator={accelerator} cannot say how many GPUs to ask SLURM for. Fix: "
+        "trainer.accelerator=gpu (one GPU per device) or trainer.accelerator=cpu."
+    )
+
+
+# -- ranks started by Lightning ---------------------------------------------------------
+def rank_config() -> Path | None:
+    """The config to run when Lightning started this process as DDP rank > 0 of a job."""
+    path = os.environ.get(RANK_CONFIG_ENV)
+    if path and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(path)
+    return None
+
+
+@contextlib.contextmanager
+def one_job(resolved_config: Path, trainer: L.Trainer) -> Iterator[None]:
+    """Around one job's fit and test in the process that runs it."""
+    launching = "LOCAL_RANK" not in os.environ  # not itself a rank someone else started
+    before = {k: os.environ.get(k) for k in (*_LAUNCH_ENV, RANK_CONFIG_ENV, "OMP_NUM_THREADS")}
+    threads = torch.get_num_threads()
+    if launching:
+        os.environ[RANK_CONFIG_ENV] = str(resolved_config)
+    try:
+        yield
+    finally:
+        if launching:
+            end_child_ranks(trainer)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        if launching:
+            # Lightning's launcher also divided this process's threads among the ranks.
+            torch.set_num_threads(threads)
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def end_child_ranks(trainer: L.Trainer, timeout: float = 60) -> None:
+    """Wait for the ranks Lightning started for this job (they end with it), and end any
+    left waiting on a rank that failed, before the next job of a sweep starts its own.
+    Lightning's watcher of those ranks is stopped first: it would kill this process when
+    it sees one ended by a signal."""
+    procs = list(getattr(trainer.strategy.launcher, "procs", None) or [])
+    if not procs:
+        return
+    stop_child_process_observers()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("rank process %d did not end with its job; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+
+
+# -- ranks started by submitit or by an external launcher -------------------------------
+def export_submitit_ranks() -> bool:
+    """In a job of submitit's *local* executor with several tasks, export each task's rank
+    for Lightning (on SLURM, Lightning reads SLURM's own variables). True if exported."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local":
+        return False
+    if int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")) <= 1 or "LOCAL_RANK" in os.environ:
+        return False
+    import submitit
+
+    env = submitit.helpers.TorchDistributedEnvironment()
+    # The address submitit gives is the host name; the local tasks all run here.
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(env.master_port),
+        WORLD_SIZE=str(env.world_size),
+        LOCAL_RANK=str(env.local_rank),
+        NODE_RANK="0",
+    )
+    set_rank_zero_rank(env.rank)  # Lightning read the rank at import, before this
+    return True
+
+
+def first_process(trainer: L.Trainer) -> bool:
+    """Whether this process writes the run's files. Before ``fit`` starts the ranks, the
+    Trainer of every rank still says global rank 0; Lightning's rank-zero flag, read from
+    the launcher's variables at import, already knows."""
+    return trainer.is_global_zero and rank_zero_rank() == 0
+
+
+def launched_as_one_of_many() -> str | None:
+    """Which external launcher started several copies of this command, if one did."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "torchrun"
+    # submitit's jobs (SUBMITIT_EXECUTOR set) have their sweep's directory already.
+    srun = "SLURM_STEP_ID" in os.environ and "SUBMITIT_EXECUTOR" not in os.environ
+    if srun and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return "srun"
+    return None
+
+
+def check_shared_run_dir(run_dir_given: bool) -> None:
+    """Copies of one run started by torchrun or srun must write into one directory; the
+    default name has the start time in it, which differs between processes."""
+    launcher = launched_as_one_of_many()
+    if launcher and not run_dir_given:
+        name = "$SLURM_JOB_ID" if launcher == "srun" else "<a name of yours>"
+        raise ConfigError(
+            f"this run was started as several processes by {launcher}, and each would name "
+            "its own run directory after its own start time. Fix: give them one, e.g. "
+            f"hydra.run.dir=outputs/train/runs/{name}."
+        )
+
+
+# -- parallel jobs of a sweep on one machine --------------------------------------------
+def parallel_jobs() -> tuple[int, int]:
+    """(jobs run at once by the Hydra launcher, this job's number); (1, 0) outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # not running under Hydra (tests, notebooks)
+        return 1, 0
+    n_jobs = hydra_cfg.launcher.get("n_jobs") or 1
+    num = hydra_cfg.job.get("num") or 0
+    return int(n_jobs), int(num)
+
+
+def cpu_threads(cfg: DictConfig) -> int | None:
+    """Threads for this run: ``threads`` if set, else the CPUs this process may use (SLURM's
+    allocation, the affinity mask) divided by the launcher's parallel jobs. A SLURM task
+    gets its own ``cpus_per_task`` CPUs, which Lightning's DDP would divide by the devices
+    again: there ``OMP_NUM_THREADS`` is set, which Lightning leaves alone."""
+    if cfg.get("threads"):
+        return int(cfg.threads)
+    n_jobs, _ = parallel_jobs()
+    if n_jobs == 1:
+        if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+            os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
+            return usable_cpus()
+        return None
+    cores = usable_cpus()
+    return max(1, cores // (cores if n_jobs < 0 else min(n_jobs, cores)))
+
+
+def spread_over_gpus(cfg: DictConfig) -> None:
+    """Parallel one-GPU jobs (hydra/launcher=joblib on a GPU box) each on its own GPU, in
+    turn by job number, instead of all on cuda:0."""
+    n_jobs, num = parallel_jobs()
+    trainer = cfg.trainer
+    if n_jobs == 1 or str(trainer.get("accelerator")) not in ("gpu", "cuda", "auto"):
+        return
+    if trainer.get("devices") not in (1, "1") or not torch.cuda.is_available():
+        return
+    with open_dict(cfg):
+        cfg.trainer.devices = [num % torch.cuda.device_count()]

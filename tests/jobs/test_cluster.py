@@ -1,0 +1,171 @@
+"""Where a job's processes come from: the SLURM launcher sized by the trainer, ranks started
+by Lightning, submitit, torchrun or srun, threads and GPUs of parallel sweep jobs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from seqmnist.core import machine
+from seqmnist.core.errors import ConfigError
+from seqmnist.jobs import cluster
+from seqmnist.jobs.resolvers import register_resolvers
+from tests.helpers import CONFIG_DIR, compose_config
+
+
+def launcher(*overrides: str):
+    register_resolvers()  # as the commands do
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+def test_slurm_job_shape_follows_the_trainer() -> None:
+    gpu = launcher(
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.accelerator=gpu",
+        "trainer.devices=4",
+        "trainer.num_nodes=3",
+    )
+    assert (gpu.nodes, gpu.tasks_per_node, gpu.gpus_per_node) == (3, 4, 4)
+    cpu = launcher("hydra/launcher=slurm", "trainer=ddp", "trainer.accelerator=cpu")
+    assert (cpu.nodes, cpu.tasks_per_node, cpu.gpus_per_node) == (1, 2, 0)
+    one = launcher("hydra/launcher=slurm")  # the default trainer: one process, one node
+    assert (one.nodes, one.tasks_per_node) == (1, 1)
+    local = launcher("hydra/launcher=local_ranks", "trainer=ddp", "trainer.devices=3")
+    assert (local.nodes, local.tasks_per_node, local._target_.endswith("LocalLauncher")) == (
+        1,
+        3,
+        True,
+    )
+
+
+def test_slurm_gpus_need_an_explicit_accelerator() -> None:
+    cfg = launcher("hydra/launcher=slurm", "trainer=ddp")  # accelerator=auto
+    with pytest.raises(Exception, match=r"trainer.accelerator=auto cannot say how many GPUs"):
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_num_nodes_is_a_trainer_key() -> None:
+    assert compose_config("trainer.num_nodes=2").trainer.num_nodes == 2
+
+
+def test_a_device_count_slurm_cannot_use_is_refused_with_the_fix() -> None:
+    cfg = launcher("hydra/launcher=slurm", "trainer.devices=auto")
+    with pytest.raises(Exception, match=r"trainer.devices='auto' cannot size a SLURM job"):
+        OmegaConf.to_container(cfg, resolve=True)
+    assert cluster.devices_per_node([0, 1]) == 2 and cluster.devices_per_node("2") == 2
+
+
+def test_ddp_uses_the_gpus_where_there_are_some() -> None:
+    cfg = compose_config("trainer=ddp")
+    assert cfg.trainer.accelerator == "auto" and cfg.trainer.strategy == "ddp"
+    assert cfg.trainer.use_distributed_sampler is False  # the data module splits the ranks
+
+
+def test_ranks_lightning_starts_run_the_jobs_resolved_config(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv(cluster.RANK_CONFIG_ENV, raising=False)
+    config = tmp_path / "resolved_config.yaml"
+
+    class NoLauncher:  # a Trainer whose strategy started no processes
+        class strategy:  # noqa: N801
+            launcher = None
+
+    with cluster.one_job(config, NoLauncher()):
+        assert os.environ[cluster.RANK_CONFIG_ENV] == str(config)
+        assert cluster.rank_config() is None  # rank 0 runs Hydra's config
+        os.environ.update(MASTER_PORT="12345", LOCAL_RANK="0", WORLD_SIZE="2")  # as Lightning
+        # Not monkeypatch.setenv: it would put back the "0" above after the test.
+        os.environ["LOCAL_RANK"] = "1"  # what a started rank sees
+        assert cluster.rank_config() == config
+        os.environ["LOCAL_RANK"] = "0"
+    # Cleared for the next job of a multirun, which starts its own ranks.
+    for key in ("MASTER_PORT", "LOCAL_RANK", "WORLD_SIZE", cluster.RANK_CONFIG_ENV):
+        assert key not in os.environ
+
+
+def test_submitit_local_tasks_become_ranks(monkeypatch) -> None:
+    for key in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert cluster.export_submitit_ranks() is False  # not a submitit job
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    env = {
+        "SUBMITIT_LOCAL_JOB_ID": "77",
+        "SUBMITIT_LOCAL_NTASKS": "2",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_LOCAL_NODEID": "0",
+        "SUBMITIT_LOCAL_GLOBALID": "1",
+        "SUBMITIT_LOCAL_LOCALID": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert cluster.export_submitit_ranks() is True
+    assert (os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("1", "2")
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and int(os.environ["MASTER_PORT"]) > 0
+    assert rank_zero_only.rank == 1  # this task does not write the run's files
+    # Not monkeypatch.delenv: it would put back the values it deletes after the test.
+    for key in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK"):
+        del os.environ[key]
+
+
+@pytest.mark.parametrize(
+    ("env", "launcher_name"),
+    [
+        ({"TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2"}, "torchrun"),
+        ({"SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"}, "srun"),
+    ],
+)
+def test_copies_started_by_torchrun_or_srun_need_one_run_dir(
+    monkeypatch, env: dict, launcher_name: str
+) -> None:
+    for key in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "SLURM_STEP_ID", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(key, raising=False)
+    cluster.check_shared_run_dir(run_dir_given=False)  # a plain run
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(
+        ConfigError,
+        match=f"started as several processes by {launcher_name}.*"
+        "Fix: give them one, e.g. hydra.run.dir=",
+    ):
+        cluster.check_shared_run_dir(run_dir_given=False)
+    cluster.check_shared_run_dir(run_dir_given=True)
+
+
+def test_threads_follow_the_cpus_slurm_gave_the_job(monkeypatch) -> None:
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert machine.usable_cpus() == 6
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (3, 0))
+    assert cluster.cpu_threads(compose_config()) == 2  # 6 CPUs over 3 parallel jobs
+    assert cluster.cpu_threads(compose_config("threads=5")) == 5
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (1, 0))
+    assert cluster.cpu_threads(compose_config()) == 6  # a SLURM task: all of its CPUs
+    assert os.environ.pop("OMP_NUM_THREADS") == "6"  # so Lightning's DDP does not divide them
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert machine.usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_parallel_one_gpu_jobs_take_turns_over_the_gpus(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (4, 3))  # job 3 of 4 at once
+    cfg = compose_config("trainer=gpu")
+    cluster.spread_over_gpus(cfg)
+    assert list(cfg.trainer.devices) == [1]
+    cpu = compose_config("trainer=cpu")
+    cluster.spread_over_gpus(cpu)
+    assert cpu.trainer.devices == 1  # CPU jobs are left alone
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (1, 0))
+    single = compose_config("trainer=gpu")
+    cluster.spread_over_gpus(single)
+    assert single.trainer.devices == 1  # one job at a time: Lightning's choice stands
