@@ -19,29 +19,39 @@ def test_macs_per_sample_counts_every_gate_gemm() -> None:
     assert throughput.macs_per_sample(c) == 28 * 3 * 10 * 38 + 28 * 3 * 10 * 20 + 10 * 10
 
 
-def test_bench_writes_json_table_and_ratio_line(
-    synthetic_root: Path, tmp_path: Path, capsys
-) -> None:
-    out = tmp_path / "bench.json"
+def small_bench(root: Path, out: Path, samples: int, *args: str) -> None:
+    """``make bench`` on the synthetic data: one round of ``samples`` samples, 100 held out."""
     bench.main(
         [
             "--root",
-            str(synthetic_root),
+            str(root),
             "--val-size",
             "100",
             "--rounds",
             "1",
             "--samples",
-            "640",
-            "--configs",
-            "lstm128-bs128",
-            "--run-rounds",
-            "0",
-            "--augment",
-            "affine",
+            str(samples),
+            *args,
             "--out",
             str(out),
         ]
+    )
+
+
+def test_bench_writes_json_table_and_ratio_line(
+    synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "bench.json"
+    small_bench(
+        synthetic_root,
+        out,
+        640,
+        "--configs",
+        "lstm128-bs128",
+        "--run-rounds",
+        "0",
+        "--augment",
+        "affine",
     )
     lines = capsys.readouterr().out.strip().splitlines()
     report = json.loads(out.read_text())
@@ -88,24 +98,7 @@ def test_whole_run_row_times_the_entry_point_against_the_plain_script(
     synthetic_root: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "bench.json"
-    bench.main(
-        [
-            "--root",
-            str(synthetic_root),
-            "--val-size",
-            "100",
-            "--rounds",
-            "1",
-            "--samples",
-            "256",
-            "--configs",
-            "lstm128-bs128 (",
-            "--run-rounds",
-            "1",
-            "--out",
-            str(out),
-        ]
-    )
+    small_bench(synthetic_root, out, 256, "--configs", "lstm128-bs128 (", "--run-rounds", "1")
     lines = capsys.readouterr().out.strip().splitlines()
     whole = json.loads(out.read_text())["whole_run"]
     assert whole["samples"] == 500 and whole["epochs"] == 1  # 600 images, 100 for validation

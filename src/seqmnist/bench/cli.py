@@ -64,7 +64,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="python -m seqmnist.bench",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
     )
     parser.add_argument("--root", default=default_data_root(), help="data root (%(default)s)")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per config")

@@ -19,14 +19,12 @@ from seqmnist.reports import aggregate, tables
 from seqmnist.reports.collect import read_job
 from seqmnist.training.config import SETTINGS
 
+# What a job's metrics.json says of its result, in the order the tables show it.
+RESULTS = ["params", "val/acc_best", "test/acc", "epochs", "train_seconds"]
 COLUMNS = [
     "job",
     *SETTINGS[: SETTINGS.index("seed") + 1],
-    "params",
-    "val/acc_best",
-    "test/acc",
-    "epochs",
-    "train_seconds",
+    *RESULTS,
     "state",
     "status",
     "error",
@@ -130,17 +128,7 @@ def build_report(sweep: Path) -> dict[str, Any]:
 
     # The Markdown shows what varies; what is the same for every job goes in one line.
     fixed = [k for k in SETTING_KEYS if k not in keys and rows[0].get(k) is not None]
-    shown = [
-        "job",
-        *keys,
-        "params",
-        "val/acc_best",
-        "test/acc",
-        "epochs",
-        "train_seconds",
-        "state",
-        "error",
-    ]
+    shown = ["job", *keys, *RESULTS, "state", "error"]
     md = [
         f"# Sweep results: {sweep}",
         "",
