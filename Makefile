@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the project with dev tools
 
 # The optional extras (pyproject's `extras`: MLflow, W&B, ONNX export, the Gradio demo and
-# Selenium), which `make test` exercises; `make train` never needs them.
+# Selenium, CMA-ES for sampler=cmaes), which `make test` exercises; `make train` never needs them.
 EXTRAS_STAMP := $(VENV)/.installed-extras
 $(EXTRAS_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,extras]'

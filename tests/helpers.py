@@ -210,6 +210,36 @@ class SlowSteps(L.Callback):
         time.sleep(self.seconds)
 
 
+class KillJob(L.Callback):
+    """SIGKILLs its own process, as the OOM killer or a failing node would, at the first
+    training batch of the job whose directory is named ``job`` (a sweep's job number).
+    Added with ``+callbacks.killer._target_=tests.helpers.KillJob +callbacks.killer.job=0``."""
+
+    def __init__(self, job: str) -> None:
+        self.job = str(job)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if Path(trainer.default_root_dir).name == self.job:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAt(L.Callback):
+    """A stop signal arriving during training step ``step``, in-process: it does what the
+    handler of :class:`seqmnist.training.faults.StopRequest` does (records the signal), and
+    the run then stops as under a real one. Added with ``+callbacks.signal_at._target_=
+    tests.helpers.SignalAt +callbacks.signal_at.step=N``; a resume passes
+    ``+callbacks.signal_at=null``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        from seqmnist.training.faults import StopRequest
+
+        if trainer.global_step == self.step and StopRequest.active is not None:
+            StopRequest.active.signal = signal.SIGTERM
+
+
 # -- e2e: the commands as a user runs them ------------------------------------------------
 def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a user's shell: unbuffered output, no HYDRA_FULL_ERROR tracebacks."""

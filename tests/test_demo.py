@@ -67,6 +67,26 @@ def test_the_handlers_answer_pictures_and_explain_the_rest(
     assert "truncated or corrupt" in status
 
 
+def test_a_huge_upload_is_refused_and_old_readings_are_deleted(
+    ckpt: Path, test_digit: Path, tmp_path: Path
+) -> None:
+    """Issue 26: an upload of ~179 MP became several GB of float arrays per request, and
+    every request left a GIF behind."""
+    from PIL import Image
+
+    demo = Demo(load_predictor(ckpt), tmp_path / "work")
+    (tmp_path / "work").mkdir()
+    huge = tmp_path / "huge.png"
+    Image.new("1", (6000, 5000)).save(huge)  # 30 MP, a few kB on disk
+    status, *rest = demo.outputs(str(huge))
+    assert "6000x5000 pixels (30 MP)" in status and "scale the picture down" in status
+    assert rest[0] is None
+    for _ in range(Demo.KEEP_GIFS + 3):
+        *_, gif, _fig, _slider, _reading = demo.outputs(str(test_digit))
+    gifs = sorted((tmp_path / "work").glob("reading-*.gif"))
+    assert len(gifs) == Demo.KEEP_GIFS and Path(gif) in gifs
+
+
 def test_demo_refuses_a_bad_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.ckpt").write_text("no")
     assert main(["--ckpt", str(tmp_path / "bad.ckpt")]) == 2

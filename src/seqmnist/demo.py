@@ -11,8 +11,10 @@ checkpoints are loaded with ``weights_only=True``. Needs the demo extra (Gradio)
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from seqmnist.core.errors import ConfigError
-from seqmnist.data.images import BlankImageError, ImageInputError
+from seqmnist.data.images import MAX_FILE_BYTES, BlankImageError, ImageInputError
 from seqmnist.inference.predictor import Predictor, load_predictor
 from seqmnist.inference.reading import Reading, curve, enlarged, frame, read, write_gif
 from seqmnist.shell import command
@@ -41,10 +43,23 @@ FONTS = (["ui-sans-serif", "system-ui", "sans-serif"], ["ui-monospace", "monospa
 class Demo:
     """The page's behaviour, apart from Gradio: each handler returns the outputs' values."""
 
+    # Reading GIFs kept on disk: the page shows the newest; older ones are deleted.
+    KEEP_GIFS = 8
+
     def __init__(self, predictor: Predictor, work_dir: Path) -> None:
         self.predictor = predictor
         self.work_dir = work_dir
         self.count = 0
+
+    def new_gif(self) -> Path:
+        """The path of the next reading GIF, after deleting all but the newest few."""
+        self.count += 1
+        old = self.count - self.KEEP_GIFS
+        for gif in self.work_dir.glob("reading-*.gif"):
+            number = gif.stem.removeprefix("reading-")
+            if number.isdigit() and int(number) <= old:
+                gif.unlink(missing_ok=True)
+        return self.work_dir / f"reading-{self.count}.gif"
 
     def classify(self, picture: Any) -> tuple[str, Reading | None]:
         """Status text and the reading of ``picture`` (a canvas array, a path, or None)."""
@@ -74,8 +89,7 @@ class Demo:
         status, reading = self.classify(picture)
         if reading is None:
             return (status, None, None, None, None, gr.update(visible=False), None)
-        self.count += 1
-        gif = write_gif(reading, self.work_dir / f"reading-{self.count}.gif")
+        gif = write_gif(reading, self.new_gif())
         fig = curve(reading)
         status += f" | page ready in {1000 * (time.perf_counter() - started):.0f} ms"
         slider = gr.update(
@@ -112,7 +126,10 @@ def build_app(predictor: Predictor, work_dir: Path | None = None) -> Any:
     """The Gradio Blocks of the page for ``predictor``."""
     import gradio as gr
 
-    demo = Demo(predictor, Path(work_dir or tempfile.mkdtemp(prefix="seqmnist-demo-")))
+    if work_dir is None:  # the page's files live as long as the page
+        work_dir = Path(tempfile.mkdtemp(prefix="seqmnist-demo-"))
+        atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
+    demo = Demo(predictor, Path(work_dir))
     data = predictor.data
     with gr.Blocks(title="seqmnist: watch a recurrent net read a digit") as app:
         gr.Markdown(
@@ -192,6 +209,8 @@ def launch(app: Any, host: str, port: int, block: bool = True) -> Any:
         ssr_mode=False,
         theme=theme,
         footer_links=[],
+        # Gradio refuses a larger upload before it reaches the page's handler.
+        max_file_size=MAX_FILE_BYTES,
     )
 
 

@@ -108,6 +108,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     if trainer.is_global_zero:
         out.write_metrics(metrics)
+        if pruning is not None:  # a search's trial: the job tells its own result
+            pruning.finish(metrics, metrics["optimized_metric"])
         publish(trainer.loggers, metrics.get("best_ckpt"), out.metrics_file)
         if metrics["status"] == "pruned":
             epoch = metrics["pruned_at_epoch"]

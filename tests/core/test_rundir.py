@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -45,9 +47,44 @@ def test_metrics_are_written_whole_and_failures_recorded(tmp_path: Path) -> None
     RunDir(tmp_path / "r").record_status(ValueError("boom"))
     assert RunDir(tmp_path / "r").read_metrics() == {
         "status": "failed",
+        "lr": 0.1,
         "error": "ValueError: boom",
     }
     assert RunDir(tmp_path / "nothing").read_metrics() is None
     (tmp_path / "r" / "metrics.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not an object"):
         RunDir(tmp_path / "r").read_metrics()
+    RunDir(tmp_path / "r").record_status("killed")  # over a damaged file: the status alone
+    assert RunDir(tmp_path / "r").read_metrics() == {"status": "failed", "error": "killed"}
+
+
+def test_a_status_write_keeps_what_the_run_recorded(tmp_path: Path) -> None:
+    """Issue 26, item 13: a signal-stopped run keeps its trackers' run ids (resume= continues
+    them) and its settings; before, the status write replaced the whole file."""
+    run = RunDir(tmp_path / "r")
+    recorded = {"status": "running", "cell": "gru", "tracking": {"mlflow": "abc", "wandb": "x1"}}
+    run.write_metrics(recorded)
+    run.record_status("stopped by SIGTERM", status="interrupted")
+    assert run.read_metrics() == {
+        **recorded,
+        "status": "interrupted",
+        "error": "stopped by SIGTERM",
+    }
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_run_files_get_the_umasks_mode(tmp_path: Path, mask: int) -> None:
+    """Issue 26: metrics.json and checkpoints were written 0600 (mkstemp's mode), unreadable
+    to a group sharing the project directory; now as an ordinary open() would write them."""
+    from seqmnist.training.faults import AtomicCheckpointIO
+
+    before = os.umask(mask)
+    try:
+        run = RunDir(tmp_path / "r")
+        run.write_metrics({"status": "running"})
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {}}, run.last_ckpt)
+    finally:
+        os.umask(before)
+    for path in (run.metrics_file, run.last_ckpt):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["last.ckpt"]  # no temp file

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from seqmnist.data import load_split
-from seqmnist.data.images import BlankImageError, load_image, mnist_like
+from seqmnist.data.images import BlankImageError, ImageInputError, load_image, mnist_like
 from tests.helpers import drawn_digit
 
 
@@ -75,3 +75,18 @@ def test_real_mnist_digits_come_back_unchanged(real_root: Path) -> None:
     images = load_split(real_root, "mnist", "test")[0][:200].numpy()
     corr = [np.corrcoef(mnist_like(x.astype(float)).ravel(), x.ravel())[0, 1] for x in images]
     assert np.median(corr) > 0.99 and np.mean(np.array(corr) > 0.9) > 0.95
+
+
+def test_pictures_too_large_to_read_safely_are_refused(tmp_path: Path) -> None:
+    """Issue 26: the size is checked on the file and on the header, before decoding."""
+    from seqmnist.data.images import MAX_FILE_BYTES
+
+    big = tmp_path / "big.png"
+    Image.new("1", (6000, 5000)).save(big)
+    with pytest.raises(ImageInputError, match=r"6000x5000 pixels \(30 MP\); pictures up to 25"):
+        load_image(big)
+    heavy = tmp_path / "heavy.png"
+    with heavy.open("wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(ImageInputError, match=r"heavy.png is 25 MB; pictures up to 25 MB"):
+        load_image(heavy)

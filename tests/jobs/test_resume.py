@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import optuna
 import pytest
 from omegaconf import OmegaConf
 
 from seqmnist.core.compat import ADDED_KEYS, MOVED_TARGETS
+from seqmnist.core.internals import optuna_trial_id
 from seqmnist.jobs.resume import resume_config
 from seqmnist.train import run
 from tests.helpers import compose_config, copy_run, metrics_of
@@ -105,3 +107,55 @@ def test_resume_keeps_the_saved_settings(trained_run: Path) -> None:
     saved = OmegaConf.load(trained_run / "resolved_config.yaml")
     assert cfg.trainer.max_epochs == 5 and cfg.hidden == saved.hidden == 16
     assert cfg.ckpt_path == str((trained_run / "checkpoints" / "last.ckpt").resolve())
+
+
+def _trial_run(trained_run: Path, to: Path, state: str) -> tuple[Path, optuna.Study, int]:
+    """A copy of ``trained_run`` that was trial 0 of a study whose trial is now ``state``."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run_dir = copy_run(trained_run, to / "run")
+    url = f"sqlite:///{to / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    trial = study.ask()
+    if state == "complete":
+        study.tell(trial, 0.5)
+    saved = OmegaConf.load(run_dir / "resolved_config.yaml")
+    saved.optuna_trial.update(
+        storage=url, study_name="s", trial_id=optuna_trial_id(trial), number=trial.number
+    )
+    OmegaConf.save(saved, run_dir / "resolved_config.yaml")
+    return run_dir, study, optuna_trial_id(trial)
+
+
+@pytest.mark.parametrize("state", ["complete", "running"])
+def test_a_search_trial_resumes_and_says_whether_it_still_reports(
+    trained_run: Path, tmp_path: Path, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 26, item 12: resuming a run that was a trial crashed at its first validation
+    (pruning reported into a finished trial). A closed trial is let go; a running one (a job
+    requeued at its time limit) goes on reporting its epochs."""
+    run_dir, study, _ = _trial_run(trained_run, tmp_path, state)
+    caplog.set_level(logging.INFO, logger="seqmnist.resume")
+    assert resume(run_dir, tmp_path / "inv", "trainer.max_epochs=2") == 0
+    assert metrics_of(run_dir)["status"] == "completed" and metrics_of(run_dir)["epochs"] == 2
+    (trial,) = study.get_trials()
+    if state == "complete":
+        assert "the study has closed it (COMPLETE); this run no longer reports" in caplog.text
+        assert trial.intermediate_values == {}
+    else:
+        assert "still runs: this run reports to it" in caplog.text
+        assert list(trial.intermediate_values) == [1]  # epoch 1, the resumed one
+
+
+def test_a_trial_whose_storage_is_gone_resumes_unattached(
+    trained_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_dir, _, _ = _trial_run(trained_run, tmp_path, "running")
+    (tmp_path / "optuna.db").unlink()
+    caplog.set_level(logging.INFO, logger="seqmnist.resume")
+    assert resume(run_dir, tmp_path / "inv", "trainer.max_epochs=2") == 0
+    assert "its storage could not be read" in caplog.text and "no longer reports" in caplog.text
+    # And by hand: optuna_trial.* may be given with resume=.
+    cfg = resume_config(
+        compose_config(f"resume={run_dir}"), [f"resume={run_dir}", "optuna_trial.trial_id=null"]
+    )
+    assert cfg.optuna_trial.trial_id is None

@@ -174,6 +174,38 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [["augment=affine"], ["callbacks=ema"]],
+    ids=["augment-mid-epoch", "ema-mid-epoch"],
+)
+def test_a_stop_mid_epoch_resumes_to_the_uninterrupted_run(
+    synthetic_root: Path, tmp_path: Path, extra: list[str]
+) -> None:
+    """Issue 26, items 14 and 15: with training-batch augmentation (drawn before a batch
+    starts) and with an EMA of the weights (updated at a batch's end), a run stopped by a
+    signal mid-epoch and resumed ends as the uninterrupted run does."""
+    args = [f"data.root={synthetic_root}", *RUN, *extra]
+    full = tmp_path / "full"
+    assert run(compose_config(*args, run_dir=full), args, multirun=False)[0] == 0
+
+    stopped = tmp_path / "stopped"
+    at = ["+callbacks.signal_at._target_=tests.helpers.SignalAt", "+callbacks.signal_at.step=20"]
+    status, _ = run(compose_config(*args, *at, run_dir=stopped), [*args, *at], multirun=False)
+    assert status == 143 and metrics_of(stopped)["status"] == "interrupted"
+    assert torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 21
+
+    more = [f"resume={stopped}", "+callbacks.signal_at=null"]
+    assert run(compose_config(*more, run_dir=tmp_path / "inv"), more, multirun=False)[0] == 0
+    resumed, uninterrupted = metrics_of(stopped), metrics_of(full)
+    assert {k: resumed[k] for k in SAME} == {k: uninterrupted[k] for k in SAME}
+    ends = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (stopped, full)]
+    for key in ("state_dict", "current_model_state"):
+        for name, value in (ends[1].get(key) or {}).items():
+            if name.startswith("net."):
+                assert torch.equal(ends[0][key][name], value), (key, name)
+
+
 # -- real processes: a kill, a signal ----------------------------------------------------
 @pytest.mark.e2e
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(

@@ -18,9 +18,9 @@ with the same storage and study name share the study and together run ``n_trials
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -50,10 +50,15 @@ from seqmnist.core.errors import ConfigError, SeqMNISTError
 from seqmnist.core.internals import optuna_trial_id
 from seqmnist.core.rundir import RunDir
 from seqmnist.jobs.search import (
+    HEARTBEAT_ATTR,
+    PASSWORD_ENV,
     STUDY_PRUNER_ATTR,
     make_pruner,
     make_sampler,
     open_storage,
+    record_heartbeat,
+    shown,
+    without_password,
 )
 
 log = logging.getLogger("seqmnist.optuna")
@@ -62,6 +67,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 NOT_RUN = "seqmnist:not_run"  # a trial asked for but closed unrun (study full, or a repeat)
 TRIAL_KEY = "optuna_trial"  # the job config's node naming its study and trial
 _ABSENT = object()
+EXHAUSTED = object()  # _ask's answer when the space has nothing new to offer
 
 
 # -- the search space ----------------------------------------------------------------------
@@ -74,11 +80,17 @@ def distribution(override: Override) -> BaseDistribution | None:
     if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
         return CategoricalDistribution(list(override.sweep_iterator()))
     if isinstance(value, RangeSweep):
+        # range(a, b, step) excludes b, as Python's range and Hydra's do: the highest value
+        # is the last one Hydra's range gives (b - step would drop it when step does not
+        # divide b - a, since Optuna rounds its high down onto the step grid).
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ConfigError(f"{key}: {override.input_line!r} is an empty range")
         if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
-            # range(a, b, step) excludes b, as Python's range and Hydra's do.
-            high = value.stop - value.step
-            return FloatDistribution(value.start, high, step=value.step)
-        return IntDistribution(int(value.start), int(value.stop) - 1, step=int(value.step))
+            return FloatDistribution(
+                float(values[0]), round(float(values[-1]), 12), step=float(value.step)
+            )
+        return IntDistribution(int(values[0]), int(values[-1]), step=int(value.step))
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
@@ -88,9 +100,14 @@ def distribution(override: Override) -> BaseDistribution | None:
 
 
 def parse_search_space(
-    lines: Sequence[str],
+    lines: Sequence[str], config: DictConfig | None = None
 ) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
-    """``key=choice(...)`` lines -> (distributions, fixed ``key=value`` overrides)."""
+    """``key=choice(...)`` lines -> (distributions, fixed ``key=value`` overrides).
+
+    Hydra's grammar makes every ``interval`` a float one; on a key whose value in ``config``
+    is an integer (``hidden``, ``layers``) an interval of whole numbers is searched as
+    integers, and one with a fraction is refused.
+    """
     parser = OverridesParser.create()
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, str] = {}
@@ -112,8 +129,29 @@ def parse_search_space(
         if dist is None:
             fixed[key] = override.get_value_element_as_str()
         else:
-            space[key] = dist
+            space[key] = integer_if_the_key_is(key, dist, line, config)
     return space, fixed
+
+
+def integer_if_the_key_is(
+    key: str, dist: BaseDistribution, line: str, config: DictConfig | None
+) -> BaseDistribution:
+    if not isinstance(dist, FloatDistribution) or config is None:
+        return dist
+    current = OmegaConf.select(config, key.lstrip("+~"), default=None)
+    if not isinstance(current, int) or isinstance(current, bool):
+        return dist
+    if not (float(dist.low).is_integer() and float(dist.high).is_integer()):
+        raise ConfigError(
+            f"hydra.sweeper.params: {line!r}: {key} is an integer ({current}), so its bounds "
+            "must be whole numbers. Fix: e.g. interval(32, 256) or choice(32, 64, 128)."
+        )
+    step = dist.step
+    if step is not None and not float(step).is_integer():
+        raise ConfigError(f"hydra.sweeper.params: {line!r}: {key} is an integer; step {step}")
+    return IntDistribution(
+        int(dist.low), int(dist.high), log=dist.log, step=int(step) if step is not None else 1
+    )
 
 
 def check_keys(keys: Sequence[str], config: DictConfig, groups: dict[str, list[str]]) -> None:
@@ -160,7 +198,7 @@ class Heartbeats:
     ``optuna.storages.fail_stale_trials`` and the dashboard read.
     """
 
-    ATTR = "seqmnist:heartbeat"
+    ATTR = HEARTBEAT_ATTR
 
     def __init__(self, storage: Any, interval: int, grace_period: int) -> None:
         self.storage = storage
@@ -184,9 +222,7 @@ class Heartbeats:
             self._thread.join()
 
     def _record(self, trial_id: int) -> None:
-        if self.native:  # for Optuna's own tools (optuna.storages.fail_stale_trials)
-            self.storage.record_heartbeat(trial_id)
-        self.storage.set_trial_system_attr(trial_id, self.ATTR, time.time())
+        record_heartbeat(self.storage, trial_id)
 
     def add(self, trial_id: int) -> None:
         with self._lock:
@@ -243,6 +279,7 @@ class OptunaSweeperImpl(Sweeper):
         heartbeat_interval: int,
         grace_period: int,
         params: DictConfig | None,
+        max_failures: int = 5,
     ) -> None:
         self.sampler_spec = _plain(sampler)
         self.seed = seed
@@ -255,7 +292,11 @@ class OptunaSweeperImpl(Sweeper):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self.params = {str(k): str(v) for k, v in (params or {}).items()}
+        self.max_failures = max_failures
         self.config: DictConfig | None = None
+        # Why the search ends before n_trials finished trials (None: it has not).
+        self.ended: str | None = None
+        self.failures: list[str] = []  # the errors of this sweep's failed jobs
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -286,6 +327,21 @@ class OptunaSweeperImpl(Sweeper):
             raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials!r} must be an integer >= 1")
         if not isinstance(self.n_jobs, int) or self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs!r} must be an integer >= 1")
+        if not isinstance(self.heartbeat_interval, int) or self.heartbeat_interval < 1:
+            raise ConfigError(
+                f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval!r} must be an "
+                "integer >= 1 (seconds): heartbeats are how a continued search tells a trial "
+                "whose sweep died from one still running."
+            )
+        if not isinstance(self.grace_period, int) or self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(
+                f"hydra.sweeper.grace_period={self.grace_period!r} must be an integer larger "
+                f"than hydra.sweeper.heartbeat_interval={self.heartbeat_interval} (seconds)."
+            )
+        if not isinstance(self.max_failures, int) or self.max_failures < 1:
+            raise ConfigError(
+                f"hydra.sweeper.max_failures={self.max_failures!r} must be an integer >= 1."
+            )
         if self.direction not in ("maximize", "minimize"):
             raise ConfigError(
                 f"hydra.sweeper.direction={self.direction!r} must be maximize or minimize"
@@ -295,7 +351,7 @@ class OptunaSweeperImpl(Sweeper):
         lines = [
             ln for ln in lines if ln.split("=", 1)[0] not in {a.split("=", 1)[0] for a in arguments}
         ] + list(arguments)
-        space, fixed = parse_search_space(lines)
+        space, fixed = parse_search_space(lines, self.config)
         if not space:
             raise ConfigError(
                 "hydra.sweeper.params is empty: nothing to search. Fix: give keys to search, "
@@ -309,7 +365,16 @@ class OptunaSweeperImpl(Sweeper):
         check_choices(space, groups)
         sampler = make_sampler(self.sampler_spec, self.seed)
         make_pruner(self.pruner_spec)
-        url = self.storage_url or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
+        url = self.storage_url or self.default_storage()
+        self.check_no_written_password()
+        if url.startswith("sqlite") and self.on_slurm():
+            raise ConfigError(
+                f"hydra.sweeper.storage={url}: SQLite's file locks are unreliable on the "
+                "network file systems a SLURM cluster shares (NFS, Lustre), and its trials run "
+                "on other nodes. Fix: a journal file on the shared file system "
+                "(hydra.sweeper.storage=journal:///<shared dir>/study.log; the default with "
+                "hydra/launcher=slurm) or a database server (postgresql://...)."
+            )
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
                 parents=True, exist_ok=True
@@ -325,14 +390,46 @@ class OptunaSweeperImpl(Sweeper):
                 f"{existing.direction.name.lower()}s; hydra.sweeper.direction={self.direction} "
                 "would mix the two. Fix: another hydra.sweeper.study_name, or the same direction."
             )
+        # The jobs get the URL less its password, and the password in their environment.
+        job_url, secret = without_password(str(url))
+        if secret is not None:
+            os.environ[PASSWORD_ENV] = secret
         return {
             "space": space,
             "fixed": fixed,
             "sampler": sampler,
             "storage": storage,
-            "url": str(url),
+            "url": job_url,
+            "shown": shown(str(url)),
             "exists": existing is not None,
         }
+
+    def check_no_written_password(self) -> None:
+        """A password typed into hydra.sweeper.storage would be written, as typed, into every
+        job's .hydra/ files (Hydra keeps the command line there): refused, with the ways
+        that keep it out (an interpolation is kept unresolved there, and never resolved into
+        what the jobs are given)."""
+        sweeper = OmegaConf.select(self.config, "hydra.sweeper")
+        raw = OmegaConf.to_container(sweeper, resolve=False).get("storage") if sweeper else None
+        if not isinstance(raw, str) or "${" in raw or without_password(raw)[1] is None:
+            return
+        raise ConfigError(
+            f"hydra.sweeper.storage={shown(raw)} holds a password, which Hydra would write "
+            "into every job's .hydra/ files. Fix: leave it out of the URL and give it through "
+            "the environment: PGPASSWORD or ~/.pgpass (PostgreSQL's own), or "
+            "'postgresql://USER:${oc.env:MY_DB_PASSWORD}@HOST/DB' (kept as written)."
+        )
+
+    def on_slurm(self) -> bool:
+        """Whether the trials are SLURM jobs (hydra/launcher=slurm)."""
+        target = str(OmegaConf.select(self.config, "hydra.launcher._target_", default="") or "")
+        return target.endswith("SlurmLauncher")
+
+    def default_storage(self) -> str:
+        """SQLite in the sweep dir; a journal file there when the trials are SLURM jobs."""
+        if self.on_slurm():
+            return f"journal://{self.sweep_dir / 'optuna.log'}"
+        return f"sqlite:///{self.sweep_dir / 'optuna.db'}"
 
     # -- the study loop -------------------------------------------------------------------
     def sweep(self, arguments: list[str]) -> None:
@@ -342,21 +439,27 @@ class OptunaSweeperImpl(Sweeper):
         except SeqMNISTError as e:
             log.error(str(e))
             sys.exit(e.EXIT_CODE)
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=plan["storage"],
-            sampler=plan["sampler"],
-            direction=self.direction,
-            load_if_exists=True,
-        )
-        study.set_user_attr(STUDY_PRUNER_ATTR, self.pruner_spec)
-        if plan["exists"]:
-            # Another run (or an earlier one) drew from the same seeded stream: draw anew so
-            # this sweep does not propose what it already proposed.
+        # Creating the study is the storage's one atomic step: of several sweeps started at
+        # once, one creates it and keeps the seeded stream; every other one (and a sweep
+        # continuing the study) draws anew, so they do not all propose the same settings.
+        try:
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=plan["storage"],
+                sampler=plan["sampler"],
+                direction=self.direction,
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(
+                study_name=self.study_name, storage=plan["storage"], sampler=plan["sampler"]
+            )
+            created = False
             study.sampler.reseed_rng()
+        study.set_user_attr(STUDY_PRUNER_ATTR, self.pruner_spec)
         log.info(
-            f"Optuna study {self.study_name!r} in {plan['url']} "
-            f"({'continued' if plan['exists'] else 'new'}): {self.n_trials} finished trials "
+            f"Optuna study {self.study_name!r} in {plan['shown']} "
+            f"({'new' if created else 'continued'}): {self.n_trials} finished trials "
             f"wanted, {self.n_jobs} at a time; sampler {type(study.sampler).__name__}, "
             f"pruner {self.pruner_spec}"
         )
@@ -372,33 +475,49 @@ class OptunaSweeperImpl(Sweeper):
                 if free <= 0:  # the rest is running in other sweeps: wait for them
                     time.sleep(min(5.0, max(1.0, self.heartbeat_interval / 2)))
                     continue
-                batch = [
-                    t
-                    for t in (
-                        self._ask(study, plan["space"]) for _ in range(min(self.n_jobs, free))
-                    )
-                    if t
-                ]
+                asked = [self._ask(study, plan["space"]) for _ in range(min(self.n_jobs, free))]
+                batch = [t for t in asked if t not in (None, EXHAUSTED)]
                 if batch:
                     self._run(study, batch, plan, beats)
+                if EXHAUSTED in asked and self.ended is None:
+                    self.ended = self._exhausted_message(study, plan["space"])
+                if self.ended is None and len(self.failures) >= self.max_failures:
+                    self.ended = (
+                        f"{len(self.failures)} trials failed (hydra.sweeper.max_failures="
+                        f"{self.max_failures}); the first: {self.failures[0]}"
+                    )
+                if self.ended is not None:
+                    break
         self._write_results(study)
+        if self.ended is not None:
+            failed = len(self.failures) >= self.max_failures
+            (log.error if failed else log.warning)(f"the search ended early: {self.ended}")
+            if failed:
+                sys.exit(1)
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> Any:
-        """A new trial with its parameters, or None when the study is already full."""
+        """A new trial with its parameters; None when the study is already full; EXHAUSTED
+        when every setting of a finite space has run, or the sampler offers only repeats."""
+        size = space_size(space)
+        if size is not None:
+            trials = study.get_trials(deepcopy=False)
+            tried = {_key(t.params) for t in trials if t.state != TrialState.FAIL}
+            if len(tried) >= size:
+                return EXHAUSTED
         for _ in range(20):
             trial = study.ask(space)
             earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
             counted = [t for t in earlier if t.state != TrialState.FAIL]
             if len(counted) >= self.n_trials:  # other sweeps took the last places
-                study.tell(trial, state=TrialState.FAIL)
+                self._tell_state(study, trial, TrialState.FAIL)
                 study.set_user_attr(f"{NOT_RUN}:{trial.number}", "study full")
                 return None
             if not any(t.params == trial.params for t in counted):
                 return trial
             # The same parameters again (a small space, or a sampler's repeat): not run twice.
-            study.tell(trial, state=TrialState.FAIL)
+            self._tell_state(study, trial, TrialState.FAIL)
             study.set_user_attr(f"{NOT_RUN}:{trial.number}", "repeat of an earlier trial")
-        return trial  # the space is exhausted: run the repeat rather than loop forever
+        return EXHAUSTED  # only repeats: what is left of the space, the sampler will not give
 
     def _overrides(self, trial: Any, plan: dict[str, Any]) -> list[str]:
         params = {k: override_value(v) for k, v in trial.params.items()}
@@ -409,49 +528,103 @@ class OptunaSweeperImpl(Sweeper):
             f"{TRIAL_KEY}.study_name='{self.study_name}'",
             f"{TRIAL_KEY}.trial_id={optuna_trial_id(trial)}",
             f"{TRIAL_KEY}.number={trial.number}",
+            f"{TRIAL_KEY}.heartbeat_interval={self.heartbeat_interval}",
+            # Each job's directory is its trial's number, whatever numbers the batch holds
+            # (several sweeps on one study take numbers in turn).
+            f"hydra.sweep.subdir={trial.number}",
         ]
 
     def _run(self, study: optuna.Study, batch: list[Any], plan: dict, beats: Heartbeats) -> None:
-        """Launch ``batch`` (job directory = trial number) and tell the study how each ended."""
+        """Launch ``batch`` as one set of jobs and tell the study how each ended."""
         for trial in batch:
             beats.add(optuna_trial_id(trial))
         try:
-            # Consecutive trial numbers go out together; the launcher numbers jobs from
-            # initial_job_idx, so each job's directory is its trial's number.
-            for _, group in itertools.groupby(
-                enumerate(batch), key=lambda it: it[1].number - it[0]
-            ):
-                trials = [t for _, t in group]
+            try:
                 returns = self.launcher.launch(
-                    [self._overrides(t, plan) for t in trials], initial_job_idx=trials[0].number
+                    [self._overrides(t, plan) for t in batch], initial_job_idx=batch[0].number
                 )
-                for trial, ret in zip(trials, returns, strict=True):
-                    self._tell(study, trial, ret)
+            except Exception as e:
+                # A job that ended without a result (killed by OOM, a node failure, a
+                # preemption, a stop slower than its signal delay) makes the launcher raise
+                # for the whole batch (submitit's UncompletedJobError): each trial is told
+                # from what its own job wrote; a job that wrote no result is that trial's
+                # failure, and the search goes on.
+                lost = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+                log.warning(f"a job of this batch ended without a result ({lost})")
+                for trial in batch:
+                    self._tell(study, trial, None, lost=lost)
+                return
+            for trial, ret in zip(batch, returns, strict=True):
+                self._tell(study, trial, ret)
         finally:
             for trial in batch:
                 beats.remove(optuna_trial_id(trial))
 
-    def _tell(self, study: optuna.Study, trial: Any, ret: JobReturn) -> None:
-        job_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir) if ret.hydra_cfg else None
+    def _tell(self, study: optuna.Study, trial: Any, ret: JobReturn | None, lost: str = "") -> None:
+        """Tell the study how the trial's job ended: its ``metrics.json`` says, else (an
+        older job, a job lost before it wrote) its return value, else it failed."""
+        if ret is not None and ret.hydra_cfg:
+            job_dir: Path | None = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+        else:
+            job_dir = self.sweep_dir / str(trial.number)
         try:
             metrics = RunDir(job_dir).read_metrics() if job_dir else None
         except ValueError:
             metrics = None
         status = (metrics or {}).get("status")
         if status == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
+            self._tell_state(study, trial, TrialState.PRUNED)
             log.info(f"trial {trial.number} pruned after epoch {metrics.get('pruned_at_epoch')}")
             return
         metric = optimized_metric(metrics or {})
         value = (metrics or {}).get(metric)
-        if value is None and ret.status == JobStatus.COMPLETED:
+        if value is None and ret is not None and ret.status == JobStatus.COMPLETED:
             value = ret.return_value
         if status == "completed" and isinstance(value, (int, float)) and math.isfinite(value):
-            study.tell(trial, float(value))
+            self._tell_state(study, trial, TrialState.COMPLETE, float(value))
             log.info(f"trial {trial.number}: {metric} {value:.4f} {trial.params}")
             return
-        study.tell(trial, state=TrialState.FAIL)
-        log.warning(f"trial {trial.number} failed: {(metrics or {}).get('error', status)}")
+        self._tell_state(study, trial, TrialState.FAIL)
+        error = str(
+            (metrics or {}).get("error") or (f"its job was lost ({lost})" if lost else status)
+        )
+        self.failures.append(f"trial {trial.number}: {error}")
+        log.warning(f"trial {trial.number} failed: {error}")
+
+    def _tell_state(
+        self, study: optuna.Study, trial: Any, state: TrialState, value: float | None = None
+    ) -> None:
+        """``study.tell``, where two things are not this sweep's failure: a trial another
+        process has finished already (a stale-heartbeat check elsewhere) is left as it is, with
+        a warning; and a sampler that asks the study to stop (Grid and BruteForce, when the
+        grid is done: Optuna allows that only inside ``optimize``) ends the search. The trial
+        is told all the same (Optuna stores the state before the sampler's hook fails)."""
+        try:
+            if state == TrialState.COMPLETE:
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=state)
+        except ValueError as e:
+            if "Cannot tell a" not in str(e):
+                raise
+            # Its job told it (the job owns its trial), or a stale check elsewhere failed it.
+            said = log.debug if f"Cannot tell a {state.name} " in str(e) else log.warning
+            said(f"trial {trial.number} was finished elsewhere ({e}); left as it is")
+        except RuntimeError as e:
+            if "Study.stop" not in str(e):
+                raise
+            self.ended = self.ended or (
+                f"the sampler ({type(study.sampler).__name__}) has tried every setting"
+            )
+
+    def _exhausted_message(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> str:
+        finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+        size = space_size(space)
+        what = f"the search space holds {size} settings" if size else "the sampler proposed"
+        return (
+            f"{what} and all have run ({finished} finished trials of hydra.sweeper.n_trials="
+            f"{self.n_trials}). Fix, for more trials: widen hydra.sweeper.params."
+        )
 
     # -- results ----------------------------------------------------------------------------
     def _mark_dead_jobs(self, trials: Sequence[Any]) -> None:
@@ -528,6 +701,25 @@ class OptunaSweeperImpl(Sweeper):
                 plt.close(ax.figure)
             except Exception as e:  # too few complete trials, a constant parameter, ...
                 log.info(f"{name} not drawn: {' '.join(str(e).split())[:160]}")
+
+
+def space_size(space: dict[str, BaseDistribution]) -> int | None:
+    """How many settings a space holds; None when one of its keys is continuous."""
+    size = 1
+    for dist in space.values():
+        if isinstance(dist, CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, IntDistribution) and not dist.log:
+            size *= (dist.high - dist.low) // dist.step + 1
+        elif isinstance(dist, FloatDistribution) and dist.step is not None:
+            size *= int(round((dist.high - dist.low) / dist.step)) + 1
+        else:
+            return None
+    return size
+
+
+def _key(params: dict[str, Any]) -> str:
+    return repr(sorted(params.items()))
 
 
 def _plain(value: Any) -> Any:

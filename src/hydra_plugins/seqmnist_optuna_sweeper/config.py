@@ -32,6 +32,9 @@ class OptunaSweeperConf:
     # sweep died is marked failed (database storages).
     heartbeat_interval: int = 30
     grace_period: int = 120
+    # Failed trials of this sweep after which it stops, naming the first error (a trial that
+    # always fails, e.g. data.root=/nonexistent, would otherwise be asked for again forever).
+    max_failures: int = 5
     # The search space: key -> choice(...), interval(...), tag(log, interval(...)),
     # range(...), or a fixed value.
     params: Dict[str, Any] = field(default_factory=dict)  # noqa: UP006

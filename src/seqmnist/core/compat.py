@@ -25,6 +25,7 @@ ADDED_KEYS: dict[str, Any] = {
     "model.label_smoothing": 0.0,
     "optimized_metric": "val/acc_best",
     "optuna_trial.monitor": "val/acc",
+    "optuna_trial.heartbeat_interval": 30,
 }
 
 # metrics.json written before runs recorded a status had results only: they completed.
@@ -71,3 +72,14 @@ def optimized_metric(metrics: dict[str, Any]) -> str:
     """The name of the number a run is judged by, as its ``metrics.json`` records it (files
     from before ``optimized_metric`` was a setting: ``val/acc_best``)."""
     return str(metrics.get("optimized_metric") or ADDED_KEYS["optimized_metric"])
+
+
+def datamodule_state(state: dict[str, Any], batch_size: int, world_size: int) -> dict[str, Any]:
+    """The data module's checkpoint state with today's ``train_batches`` (epoch, batches done).
+    Checkpoints before the rank-aware sampler kept ``train_position`` (epoch, samples done in
+    one process's order); under DDP that position was not kept, so the epoch restarts."""
+    if state.get("train_batches") is not None or state.get("train_position") is None:
+        return state
+    epoch, samples = state["train_position"]
+    done = samples // batch_size if world_size == 1 else 0
+    return {**state, "train_batches": (epoch, done), "world_size": world_size}

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
+
+from seqmnist.core.files import atomic_file
 
 log = logging.getLogger("seqmnist.runs")
 
@@ -135,18 +136,20 @@ class RunDir:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Write ``metrics.json`` atomically: a reader (a sweep report) never sees half a file."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.path)
-        with os.fdopen(fd, "w") as f:
+        with atomic_file(self.metrics_file, "w") as f:
             f.write(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, self.metrics_file)
 
     def record_status(self, error: BaseException | str, status: str = "failed") -> None:
         """Mark the run ``status`` with ``error`` in its ``metrics.json`` (sweeps and reports
-        read why); never raises, so it cannot hide the original error."""
+        read why), keeping what the file already says (settings, the trackers' run ids that
+        ``resume=`` continues); never raises, so it cannot hide the original error."""
         try:
             reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-            self.write_metrics({"status": status, "error": reason})
+            try:
+                kept = self.read_metrics() or {}
+            except (ValueError, UnicodeDecodeError):
+                kept = {}  # a damaged file: the status is what matters now
+            self.write_metrics({**kept, "status": status, "error": reason})
         except Exception:
             log.exception("could not write metrics.json for the failed run")
 

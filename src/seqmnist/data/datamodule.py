@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from seqmnist.core.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
+from seqmnist.core.compat import datamodule_state
 from seqmnist.core.errors import ConfigError
 from seqmnist.core.internals import batches_done_this_epoch
 from seqmnist.data import idx
@@ -282,14 +283,9 @@ class SeqMNISTDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("permutation") is not None:
             self.permutation = state_dict["permutation"]
-        position = state_dict.get("train_batches")
         _, world_size = self._rank()
-        if position is None and state_dict.get("train_position") is not None:
-            # Checkpoints before the rank-aware sampler: samples done in one process's order;
-            # under DDP their position was not kept, so the interrupted epoch restarts.
-            epoch, samples = state_dict["train_position"]
-            position = (epoch, samples // self.batch_size if world_size == 1 else 0)
-            state_dict = {**state_dict, "world_size": world_size}
+        state_dict = datamodule_state(state_dict, self.batch_size, world_size)
+        position = state_dict.get("train_batches")
         if position is None:
             return
         saved_world = state_dict.get("world_size", 1)

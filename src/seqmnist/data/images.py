@@ -37,6 +37,12 @@ class BlankImageError(ImageInputError):
     """The image has no ink: nothing to classify."""
 
 
+# Far above any digit worth reading (a phone photo is ~12 MP), far below what would cost
+# gigabytes as the float arrays of preprocessing (PIL alone refuses only past ~179 MP).
+MAX_FILE_BYTES = 25 * 1024 * 1024
+MAX_PIXELS = 25_000_000
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as float grayscale ``(H, W)`` in 0..255.
 
@@ -49,8 +55,21 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageInputError(f"{p}: no such file or directory.")
     if p.is_dir():
         raise ImageInputError(f"{p} is a directory, not an image.")
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ImageInputError(
+            f"{p} is {size / 2**20:.0f} MB; pictures up to {MAX_FILE_BYTES // 2**20} MB are "
+            "read. Fix: scale the picture down (a digit needs a few hundred pixels a side)."
+        )
     try:
         with Image.open(p) as im:
+            w, h = im.size  # from the header: nothing decoded yet
+            if w * h > MAX_PIXELS:
+                raise ImageInputError(
+                    f"{p} is {w}x{h} pixels ({w * h / 1e6:.0f} MP); pictures up to "
+                    f"{MAX_PIXELS / 1e6:.0f} MP are read. Fix: scale the picture down (a digit "
+                    "needs a few hundred pixels a side)."
+                )
             im.load()  # decode now: a truncated file fails here, not later
             img = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
     except UnidentifiedImageError:

@@ -1,14 +1,16 @@
 """``resume=PATH``: continue a stopped or killed run in its own directory, with its own config.
 
 A run dir resumes from its ``checkpoints/last.ckpt``; a ``.ckpt`` path from that file. The
-config is the run's saved ``resolved_config.yaml``; only ``trainer.*``, ``test``, ``threads``
-and ``callbacks.*`` may be overridden alongside, since the checkpoint only makes sense with
-the rest.
+config is the run's saved ``resolved_config.yaml``; only ``trainer.*``, ``test``, ``threads``,
+``callbacks.*`` and ``optuna_trial.*`` may be overridden alongside, since the checkpoint only
+makes sense with the rest. A run that was a search trial reports to it only while the trial
+still runs (:func:`seqmnist.jobs.search.resumed_trial`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from seqmnist.core.compat import upgrade_config
 from seqmnist.core.errors import ConfigError
 from seqmnist.core.rundir import RunDir
+from seqmnist.jobs.search import resumed_trial
 from seqmnist.jobs.tracking import continue_runs
+
+log = logging.getLogger("seqmnist.resume")
 
 # Keys a resumed run may change (``resume=DIR trainer.max_epochs=30``); everything else is
 # the run's saved config, since the checkpoint only makes sense with it.
-RESUMABLE_OVERRIDES = ("trainer.", "test", "threads", "callbacks.")
+RESUMABLE_OVERRIDES = ("trainer.", "test", "threads", "callbacks.", "optuna_trial.")
 
 
 def relocate(node: Any, old: str, new: str) -> None:
@@ -99,13 +104,16 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             raise ConfigError(
                 f"{item!r} cannot change a resumed run: resume={cfg.resume} continues with the "
                 f"settings saved in {run.resolved_config}. Allowed with resume: "
-                "trainer.* (e.g. trainer.max_epochs=30), test, threads, callbacks.*. To train "
+                "trainer.* (e.g. trainer.max_epochs=30), test, threads, callbacks.*, "
+                "optuna_trial.* (optuna_trial.trial_id=null: report to no search). To train "
                 f"other settings from these weights, start a new run with ckpt_path={ckpt}"
             )
         parsed = OmegaConf.from_dotlist([f"{key}={value}"])
         OmegaConf.update(saved, key, OmegaConf.select(parsed, key), force_add=True)
     saved.ckpt_path = str(ckpt)
     saved.resume = str(run_dir)
+    if said := resumed_trial(saved):
+        log.info(f"resume={cfg.resume}: {said}")
     # The MLflow / W&B runs it started go on, rather than new ones beside them (a damaged
     # metrics.json: new tracker runs, and the training still resumes).
     with contextlib.suppress(ValueError, UnicodeDecodeError):

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from seqmnist.core.errors import ConfigError, SeqMNISTError
 from seqmnist.core.internals import quiet_console
+from seqmnist.training.faults import FaultTolerance
 
 
 def build(node: Any, **kwargs: Any) -> Any:
@@ -41,7 +42,10 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress-bar callback when the bar is switched off.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    return callbacks
+    # A signal stops the run at the end of a training batch: after every other callback's
+    # batch end (an EMA update, say), so the checkpoint it saves holds that step whole.
+    # Lightning itself moves the ModelCheckpoints after everything else.
+    return sorted(callbacks, key=lambda c: isinstance(c, FaultTolerance))
 
 
 def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:

@@ -13,10 +13,8 @@ generators (:class:`FaultTolerance`). Under DDP on CPU the same holds (tested wi
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seqmnist.core.compat import cuda_rng_state
+from seqmnist.core.files import atomic_file
 from seqmnist.core.internals import is_logging_step
 from seqmnist.core.rundir import LAST_CKPT, RunDir
 
@@ -33,11 +32,10 @@ log = logging.getLogger("seqmnist.faults")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside it, then renames it into place.
-
-    A kill during a save leaves the previous file intact (and at worst a ``.tmp`` file
-    that nothing reads). Lightning's own save goes through the system temp dir, which is
-    not an atomic rename when it lies on another file system.
+    """Writes each checkpoint to a temporary file beside it, then renames it into place
+    (:func:`seqmnist.core.files.atomic_file`): a kill during a save leaves the previous file
+    intact. Lightning's own save goes through the system temp dir, which is not an atomic
+    rename when it lies on another file system.
     """
 
     def save_checkpoint(
@@ -45,18 +43,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        # Synced to disk before the rename: the file a resume reads must be whole.
+        with atomic_file(Path(path), fsync=True) as f:
+            torch.save(checkpoint, f)
 
 
 def rng_states(device: torch.device | None = None) -> dict[str, Any]:
@@ -225,8 +214,10 @@ class FaultTolerance(L.Callback):
             set_rng_states(self._pending, self._device())
             self._pending = None
 
-    # At the epoch's start: before the first batch is moved to the device, where training
-    # augmentation draws (seqmnist.data.augment). The batch start is kept for safety.
+    # Before the first batch is moved to the device, where training augmentation draws
+    # (seqmnist.data.augment): at the epoch's start, and at the training's start, since
+    # Lightning does not call on_train_epoch_start when it resumes mid-epoch (the loaders
+    # draw nothing from the global RNG in between). The batch start is kept for safety.
     on_train_epoch_start = on_train_batch_start = _put_back
 
     # -- signals ---------------------------------------------------------------------
@@ -236,7 +227,12 @@ class FaultTolerance(L.Callback):
             stop.take_over()
             stop.deferring = True
 
-    on_sanity_check_start = on_train_start = on_validation_start = _stage_starts
+    on_sanity_check_start = on_validation_start = _stage_starts
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stage_starts()
+        self._put_back(trainer)
+
     on_test_start = on_predict_start = _stage_starts
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
