@@ -21,6 +21,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.seqmnist_optuna_sweeper._impl import (
+    OptunaSweeperImpl,
     check_choices,
     check_keys,
     parse_search_space,
@@ -40,6 +41,24 @@ SEARCH = [
     "hydra.sweeper.heartbeat_interval=1",
     "hydra.sweeper.grace_period=2",
 ]
+
+
+def sweeper_of(**settings) -> OptunaSweeperImpl:
+    """The sweeper's implementation with small settings (``settings`` override them)."""
+    defaults = dict(
+        sampler="tpe",
+        seed=1,
+        pruner="none",
+        direction="maximize",
+        storage=None,
+        study_name="s",
+        n_trials=3,
+        n_jobs=1,
+        heartbeat_interval=1,
+        grace_period=2,
+        params={},
+    )
+    return OptunaSweeper(**{**defaults, **settings}).impl
 
 
 def search(root: Path, sweep: Path, *args: str) -> list[str]:
@@ -190,19 +209,7 @@ def test_a_search_of_slurm_jobs_keeps_its_study_in_a_journal_file(tmp_path: Path
     """Issue 26, item 11: the default SQLite file would lie on the cluster's NFS/Lustre."""
     from omegaconf import OmegaConf
 
-    sweeper = OptunaSweeper(
-        sampler="tpe",
-        seed=1,
-        pruner="none",
-        direction="maximize",
-        storage=None,
-        study_name="s",
-        n_trials=3,
-        n_jobs=1,
-        heartbeat_interval=1,
-        grace_period=2,
-        params={},
-    ).impl
+    sweeper = sweeper_of()
     sweeper.sweep_dir = tmp_path
     slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     sweeper.config = OmegaConf.create({"hydra": {"launcher": {"_target_": slurm}}})
@@ -228,19 +235,7 @@ def test_a_storage_password_reaches_jobs_only_through_their_environment(
     assert with_password("postgresql://me@db.example:5432/search") == url
     assert with_password("postgresql://me:other@h/db") == "postgresql://me:other@h/db"
 
-    sweeper = OptunaSweeper(
-        sampler="tpe",
-        seed=1,
-        pruner="none",
-        direction="maximize",
-        storage=url,
-        study_name="s",
-        n_trials=3,
-        n_jobs=1,
-        heartbeat_interval=1,
-        grace_period=2,
-        params={},
-    ).impl
+    sweeper = sweeper_of(storage=url)
     typed = {"hydra": {"sweeper": {"storage": url}, "launcher": {"_target_": "x.Local"}}}
     sweeper.config = OmegaConf.create(typed)
     with pytest.raises(ConfigError, match=r"holds a password, which Hydra would write") as err:
@@ -281,19 +276,7 @@ def test_a_batch_of_scattered_trial_numbers_is_launched_together(tmp_path: Path)
                 returns.append(ret)
             return returns
 
-    sweeper = OptunaSweeper(
-        sampler="random",
-        seed=1,
-        pruner="none",
-        direction="maximize",
-        storage=None,
-        study_name="s",
-        n_trials=4,
-        n_jobs=2,
-        heartbeat_interval=1,
-        grace_period=2,
-        params={},
-    ).impl
+    sweeper = sweeper_of(sampler="random", n_trials=4, n_jobs=2)
     sweeper.launcher, sweeper.sweep_dir = Recording(), tmp_path
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, direction="maximize")
@@ -316,19 +299,7 @@ def test_a_batch_of_scattered_trial_numbers_is_launched_together(tmp_path: Path)
 def test_a_grid_samplers_stop_outside_optimize_ends_the_search() -> None:
     """Issue 26, item 2: BruteForceSampler (and GridSampler) call study.stop() once the grid
     is done, which Optuna allows only inside optimize(): telling the last trial raised."""
-    sweeper = OptunaSweeper(
-        sampler="bruteforce",
-        seed=1,
-        pruner="none",
-        direction="maximize",
-        storage=None,
-        study_name="s",
-        n_trials=5,
-        n_jobs=1,
-        heartbeat_interval=1,
-        grace_period=2,
-        params={},
-    ).impl
+    sweeper = sweeper_of(sampler="bruteforce", n_trials=5)
     study = optuna.create_study(sampler=make_sampler("bruteforce", 1), direction="maximize")
     space = {"cell": CategoricalDistribution(["lstm", "gru"])}
     sweeper._tell_state(study, study.ask(space), TrialState.COMPLETE, 0.5)
