@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 @hydra_command("evaluate")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the test accuracy. A user error: one message, exit 2."""
-    with exit_on_error(log):
+    with exit_on_error(log, multirun_goes_on=True):
         result = run(cfg)
     return result["metrics"]["accuracy"]
 

@@ -21,11 +21,13 @@ from hydra.types import RunMode
 
 from seqmnist.core.errors import SeqMNISTError
 from seqmnist.core.project import CONF_DIR
-from seqmnist.jobs.resolvers import register_resolvers
 
 
 def hydra_command(config_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``hydra.main`` over ``conf/<config_name>.yaml``, with the resolvers registered first."""
+    """``hydra.main`` over ``conf/<config_name>.yaml``, with the resolvers registered first
+    (imported here: report and results, argparse commands, run without torch)."""
+    from seqmnist.jobs.resolvers import register_resolvers
+
     register_resolvers()
     return hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
 
@@ -48,15 +50,15 @@ def in_multirun() -> bool:
 
 
 @contextlib.contextmanager
-def exit_on_error(log: logging.Logger) -> Iterator[None]:
+def exit_on_error(log: logging.Logger, multirun_goes_on: bool = False) -> Iterator[None]:
     """Around a Hydra command's work: our error becomes one logged message and ``sys.exit``
-    with its status. In a multirun it is raised on, so the sweep records that job as failed
-    and goes on with the others."""
+    with its status. With ``multirun_goes_on`` it is raised on in a multirun instead, so the
+    sweep records that job as failed and goes on with the others (``evaluate -m``)."""
     try:
         yield
     except SeqMNISTError as e:
         fail(e, log)
-        if in_multirun():
+        if multirun_goes_on and in_multirun():
             raise
         sys.exit(e.EXIT_CODE)
 

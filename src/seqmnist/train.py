@@ -42,8 +42,9 @@ from seqmnist.jobs.tracking import close, log_settings, prepare, publish, run_id
 from seqmnist.models import count_parameters, describe
 from seqmnist.shell import exit_on_error, fail, hydra_command
 from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
-from seqmnist.training.config import net_of, run_settings, validate
+from seqmnist.training.config import validate
 from seqmnist.training.faults import StopRequest
+from seqmnist.training.settings import net_of, run_settings
 
 log = logging.getLogger("seqmnist.train")
 
@@ -103,6 +104,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with one_job(out.resolved_config, trainer):
             metrics = fit_and_test(cfg, trainer, model, datamodule, pruning, metrics)
     except BaseException as e:
+        if pruning is not None:
+            pruning.stop_beating()
         stopped = isinstance(e, SIGTERMException | KeyboardInterrupt)
         close(trainer.loggers, "killed" if stopped else "failed")
         raise

@@ -724,9 +724,11 @@ def test_a_lost_job_fails_its_trial_and_the_search_goes_on(
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "ended without a result" in out and "its job was lost" in out
+    assert "ended without a result" in out
     states = {t.number: t.state for t in study_of(sweep).get_trials()}
-    assert states[0] == TrialState.FAIL and states[1] == TrialState.COMPLETE  # its batch mate
+    # The lost job's trial failed once its heartbeat went stale; its batch mate, which the
+    # launcher's error left running, told its own result.
+    assert states[0] == TrialState.FAIL and states[1] == TrialState.COMPLETE
     assert sum(s == TrialState.COMPLETE for s in states.values()) == 3
     assert json.loads((sweep / "1" / "metrics.json").read_text())["status"] == "completed"
     assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "interrupted"

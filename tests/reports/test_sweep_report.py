@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from seqmnist import report
 from seqmnist.reports.sweep_report import ReportError, build_report
+from tests.helpers import PROJECT_ROOT
 
 
 def make_job(sweep: Path, name: str, metrics: dict | None, **cfg) -> None:
@@ -134,3 +137,18 @@ def test_searches_are_compared_by_compute_pruning_and_best(tmp_path: Path) -> No
     assert "| median | 2 | 1 | 0 | 7 | 35 s (58%) | 40 s | 90.10 |" in table
     with pytest.raises(ReportError, match="not a finished Optuna search"):
         search_summary(tmp_path / "missing")
+
+
+@pytest.mark.e2e
+def test_the_report_commands_start_without_torch() -> None:
+    """report and results read JSON and YAML: they import neither torch nor Lightning (a
+    fresh interpreter, since this one has both)."""
+    code = (
+        "import sys, seqmnist.report, seqmnist.results\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'optuna') if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

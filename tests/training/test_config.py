@@ -13,7 +13,8 @@ from seqmnist.core.errors import ConfigError
 from seqmnist.data import SeqMNISTDataModule
 from seqmnist.models import RecurrentClassifier
 from seqmnist.training.build import build_group, build_trainer
-from seqmnist.training.config import SHORT_KEYS, net_of, run_settings, validate
+from seqmnist.training.config import validate
+from seqmnist.training.settings import SHORT_KEYS, net_of, run_settings
 from tests.helpers import CONFIG_DIR, compose_config
 
 GROUPS = ["cell", "optimizer", "scheduler", "data", "trainer", "logger", "callbacks", "experiment"]
@@ -92,7 +93,8 @@ def test_data_root_from_env(monkeypatch) -> None:
     monkeypatch.setenv("SEQMNIST_DATA_ROOT", "/some/where")
     assert make_cfg().data.root == "/some/where"
     monkeypatch.delenv("SEQMNIST_DATA_ROOT")
-    assert make_cfg().data.root == "data"
+    assert make_cfg().data.root == "./data"
+    assert make_cfg("paths.root_dir=/project").data.root == "/project/data"
     assert make_cfg("data.root=/x").data.root == "/x"
 
 

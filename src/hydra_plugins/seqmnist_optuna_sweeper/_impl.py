@@ -297,6 +297,10 @@ class OptunaSweeperImpl(Sweeper):
         # Why the search ends before n_trials finished trials (None: it has not).
         self.ended: str | None = None
         self.failures: list[str] = []  # the errors of this sweep's failed jobs
+        # Trials of this sweep left running after their batch's launcher raised: their jobs
+        # may still run, and take a slot each until they end.
+        self.orphans: set[int] = set()
+        self.only_repeats = False  # the sampler offered 20 repeats in a row
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -386,7 +390,7 @@ class OptunaSweeperImpl(Sweeper):
             existing = None
         if existing is not None and existing.direction.name.lower() != self.direction:
             raise ConfigError(
-                f"study {self.study_name!r} in {url} already exists and "
+                f"study {self.study_name!r} in {shown(str(url))} already exists and "
                 f"{existing.direction.name.lower()}s; hydra.sweeper.direction={self.direction} "
                 "would mix the two. Fix: another hydra.sweeper.study_name, or the same direction."
             )
@@ -472,10 +476,12 @@ class OptunaSweeperImpl(Sweeper):
                 if finished >= self.n_trials:
                     break
                 free = self.n_trials - finished - running
-                if free <= 0:  # the rest is running in other sweeps: wait for them
+                self.orphans &= {t.number for t in trials if t.state == TrialState.RUNNING}
+                slots = min(self.n_jobs - len(self.orphans), free)
+                if slots <= 0:  # the rest runs in other sweeps, or in this one's orphans
                     time.sleep(min(5.0, max(1.0, self.heartbeat_interval / 2)))
                     continue
-                asked = [self._ask(study, plan["space"]) for _ in range(min(self.n_jobs, free))]
+                asked = [self._ask(study, plan["space"]) for _ in range(slots)]
                 batch = [t for t in asked if t not in (None, EXHAUSTED)]
                 if batch:
                     self._run(study, batch, plan, beats)
@@ -490,10 +496,9 @@ class OptunaSweeperImpl(Sweeper):
                     break
         self._write_results(study)
         if self.ended is not None:
+            # Failed trials make the sweep's report (SweepSummary, after this returns) exit 1.
             failed = len(self.failures) >= self.max_failures
             (log.error if failed else log.warning)(f"the search ended early: {self.ended}")
-            if failed:
-                sys.exit(1)
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> Any:
         """A new trial with its parameters; None when the study is already full; EXHAUSTED
@@ -501,7 +506,11 @@ class OptunaSweeperImpl(Sweeper):
         size = space_size(space)
         if size is not None:
             trials = study.get_trials(deepcopy=False)
-            tried = {_key(t.params) for t in trials if t.state != TrialState.FAIL}
+            tried = {
+                _key(t.params)
+                for t in trials
+                if t.state != TrialState.FAIL and in_space(t.params, space)
+            }
             if len(tried) >= size:
                 return EXHAUSTED
         for _ in range(20):
@@ -517,6 +526,7 @@ class OptunaSweeperImpl(Sweeper):
             # The same parameters again (a small space, or a sampler's repeat): not run twice.
             self._tell_state(study, trial, TrialState.FAIL)
             study.set_user_attr(f"{NOT_RUN}:{trial.number}", "repeat of an earlier trial")
+        self.only_repeats = True
         return EXHAUSTED  # only repeats: what is left of the space, the sampler will not give
 
     def _overrides(self, trial: Any, plan: dict[str, Any]) -> list[str]:
@@ -552,13 +562,27 @@ class OptunaSweeperImpl(Sweeper):
                 lost = " ".join(f"{type(e).__name__}: {e}".split())[:300]
                 log.warning(f"a job of this batch ended without a result ({lost})")
                 for trial in batch:
-                    self._tell(study, trial, None, lost=lost)
+                    self._tell_after_loss(study, trial, lost)
                 return
             for trial, ret in zip(batch, returns, strict=True):
                 self._tell(study, trial, ret)
         finally:
             for trial in batch:
                 beats.remove(optuna_trial_id(trial))
+
+    def _tell_after_loss(self, study: optuna.Study, trial: Any, lost: str) -> None:
+        """After the launcher raised for a batch: a trial whose job wrote its end is told; one
+        whose job may still run (the launcher raises at the first lost job, before the others
+        end) is left running, kept alive by its job's own heartbeat: its job tells its result,
+        or, lost itself, it goes stale and the stale check fails it."""
+        try:
+            status = (RunDir(self.sweep_dir / str(trial.number)).read_metrics() or {}).get("status")
+        except ValueError:
+            status = None
+        if status in ("completed", "pruned", "failed"):
+            self._tell(study, trial, None, lost=lost)
+        else:
+            self.orphans.add(trial.number)
 
     def _tell(self, study: optuna.Study, trial: Any, ret: JobReturn | None, lost: str = "") -> None:
         """Tell the study how the trial's job ended: its ``metrics.json`` says, else (an
@@ -619,12 +643,12 @@ class OptunaSweeperImpl(Sweeper):
 
     def _exhausted_message(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> str:
         finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-        size = space_size(space)
-        what = f"the search space holds {size} settings" if size else "the sampler proposed"
-        return (
-            f"{what} and all have run ({finished} finished trials of hydra.sweeper.n_trials="
-            f"{self.n_trials}). Fix, for more trials: widen hydra.sweeper.params."
-        )
+        of = f"{finished} finished trials of hydra.sweeper.n_trials={self.n_trials}"
+        if self.only_repeats:
+            what = "the sampler proposed only settings that have run, 20 times in a row"
+        else:
+            what = f"the search space holds {space_size(space)} settings and all have run"
+        return f"{what} ({of}). Fix, for more trials: widen hydra.sweeper.params."
 
     # -- results ----------------------------------------------------------------------------
     def _mark_dead_jobs(self, trials: Sequence[Any]) -> None:
@@ -716,6 +740,25 @@ def space_size(space: dict[str, BaseDistribution]) -> int | None:
         else:
             return None
     return size
+
+
+def in_space(params: dict[str, Any], space: dict[str, BaseDistribution]) -> bool:
+    """Whether a trial's parameters are a setting of ``space`` (a continued study may hold
+    trials of an earlier, wider space)."""
+    if set(params) != set(space):
+        return False
+    for key, dist in space.items():
+        value = params[key]
+        if isinstance(dist, CategoricalDistribution):
+            if value not in dist.choices:
+                return False
+        elif (
+            not dist.low <= value <= dist.high
+            or dist.step is not None
+            and abs((value - dist.low) / dist.step % 1) > 1e-9
+        ):
+            return False
+    return True
 
 
 def _key(params: dict[str, Any]) -> str:

@@ -26,14 +26,15 @@ SPLIT_FILES = {
 _IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
 
-def default_data_root() -> str:
+def default_data_root(project_root: str | None = None) -> str:
     """The one default of ``data.root``: ``$SEQMNIST_DATA_ROOT`` if set, else ``data/`` under
-    ``$SEQMNIST_PROJECT_ROOT`` (the current directory when unset). The configs read it through
-    the ``seqmnist.data_root`` resolver (``paths.data_dir``)."""
+    the project root (the configs' ``paths.root_dir``; else ``$SEQMNIST_PROJECT_ROOT``, else
+    the current directory). The configs read it through the ``seqmnist.data_root`` resolver
+    (``paths.data_dir``)."""
     if root := os.environ.get("SEQMNIST_DATA_ROOT"):
         return root
-    project = os.environ.get("SEQMNIST_PROJECT_ROOT")
-    return str(Path(project) / "data") if project else "data"
+    project = project_root or os.environ.get("SEQMNIST_PROJECT_ROOT")
+    return f"{project}/data" if project else "data"
 
 
 def raw_folder(root: str | Path, dataset: str) -> Path:

@@ -9,6 +9,7 @@ in-process, joblib workers, submitit and SLURM jobs on other machines.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -285,10 +286,16 @@ class OptunaPruning(L.Callback):
         self._storage: Any = None
         self._study: optuna.Study | None = None
         self._trial: optuna.trial.Trial | None = None
-        self._stop_beating = threading.Event()
+        # Made when beating starts: a callback holding them could not be pickled (ddp_spawn).
+        self._lock: threading.Lock | None = None
+        self._stop_beating: threading.Event | None = None
         self._beating: threading.Thread | None = None
 
     def _open(self) -> optuna.trial.Trial:
+        with self._lock or contextlib.nullcontext():  # the beating thread opens it too
+            return self._open_once()
+
+    def _open_once(self) -> optuna.trial.Trial:
         if self._trial is None:
             import optuna
 
@@ -314,18 +321,28 @@ class OptunaPruning(L.Callback):
         return False
 
     # -- liveness -----------------------------------------------------------------------
-    # Beating through each stage (fit, then test): a stage's end stops the thread, so a run
-    # that fails leaves none behind in a process that goes on (a sweep's in-process jobs).
+    # Beating through each stage (fit, then test): a stage's end, or an exception in it,
+    # stops the thread, so a run that fails leaves none behind in a process that goes on (a
+    # sweep's in-process jobs); Lightning skips teardown hooks when a stage raises.
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.is_global_zero and self._beating is None:
-            self._stop_beating.clear()
+            self._lock = self._lock or threading.Lock()
+            self._stop_beating = threading.Event()
             self._beating = threading.Thread(target=self._beat, daemon=True, name="trial-beat")
             self._beating.start()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._beating is not None:
+        self.stop_beating()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.stop_beating()
+
+    def stop_beating(self) -> None:
+        if self._beating is not None and self._stop_beating is not None:
             self._stop_beating.set()
-            self._beating.join()
+            self._beating.join(timeout=60)  # at most one storage call in flight
             self._beating = None
 
     def _beat(self) -> None:
@@ -335,7 +352,8 @@ class OptunaPruning(L.Callback):
                 record_heartbeat(self._storage, self.trial_id)
             except Exception:  # a passing database error, a closed trial: try again later
                 log.debug("heartbeat of trial %s not recorded", self.trial_id, exc_info=True)
-            if self._stop_beating.wait(self.heartbeat_interval):
+            stop = self._stop_beating
+            if stop is None or stop.wait(self.heartbeat_interval):
                 return
 
     # -- reports ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from seqmnist.core.compat import run_status
 from seqmnist.core.rundir import RunDir, find_jobs
-from seqmnist.training.config import run_settings
+from seqmnist.training.settings import run_settings
 
 
 def partial_test(cfg: DictConfig | None) -> bool:

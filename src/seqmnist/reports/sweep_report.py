@@ -17,7 +17,7 @@ from seqmnist.core.errors import SeqMNISTError
 from seqmnist.core.rundir import find_jobs
 from seqmnist.reports import aggregate, tables
 from seqmnist.reports.collect import read_job
-from seqmnist.training.config import SETTINGS
+from seqmnist.training.settings import SETTINGS
 
 # What a job's metrics.json says of its result, in the order the tables show it.
 RESULTS = ["params", "val/acc_best", "test/acc", "epochs", "train_seconds"]
