@@ -1,0 +1,54 @@
+"""What the e2e tests of the Optuna sweeper share: the tiny search they run as a user would,
+and how they read its study."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from seqmnist.jobs.search import open_storage
+from tests.helpers import FAST, ONE_THREAD, PROJECT_ROOT, user_env
+
+# A few steps a trial, two epochs, one thread: seconds per trial. The search space is the
+# project's default (conf/hparams_search/optuna.yaml).
+SEARCH = [
+    *(o for o in FAST if not o.startswith("trainer.max_epochs")),
+    "trainer.max_epochs=2",
+    "hparams_search=optuna",
+    "hydra.sweeper.heartbeat_interval=1",
+    "hydra.sweeper.grace_period=2",
+]
+
+
+def search(root: Path, sweep: Path, *args: str) -> list[str]:
+    return ["seqmnist.train", f"data.root={root}", f"hydra.sweep.dir={sweep}", *SEARCH, *args]
+
+
+def study_of(sweep: Path, url: str | None = None) -> optuna.Study:
+    storage = open_storage(url or f"sqlite:///{sweep / 'optuna.db'}")
+    return optuna.load_study(study_name="seqmnist", storage=storage)
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def distinct_params(trials: list[optuna.trial.FrozenTrial]) -> bool:
+    seen = [json.dumps(t.params, sort_keys=True) for t in trials]
+    return len(seen) == len(set(seen))
+
+
+def start_search(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=PROJECT_ROOT,
+        env=user_env(ONE_THREAD),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
