@@ -112,22 +112,31 @@ def test_ctrl_c_stops_both_ranks_with_a_checkpoint(synthetic_root: Path, tmp_pat
     assert metrics_of(run_dir)["status"] == "interrupted"
 
 
-def test_nan_on_one_rank_stops_both_with_the_message(synthetic_root: Path, tmp_path: Path) -> None:
-    run_dir = tmp_path / "nan"
+def fails_on_both_ranks(root: Path, run_dir: Path, *extra: str, says: str) -> None:
+    """A short 2-rank run that must stop on every rank with one message, exit 2, and the run
+    marked failed."""
     proc = run_module(
         "seqmnist.train",
-        f"data.root={synthetic_root}",
+        f"data.root={root}",
         f"hydra.run.dir={run_dir}",
         *FAST,
         *DDP,
-        "+callbacks.nan._target_=tests.helpers.NaNOnRank",
-        timeout=120,
+        *extra,
+        timeout=180,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
-    assert "the training loss became non-finite on rank 1 at step 2" in out
-    assert "Traceback" not in out
+    assert says in out and "Traceback" not in out
     assert metrics_of(run_dir)["status"] == "failed"
+
+
+def test_nan_on_one_rank_stops_both_with_the_message(synthetic_root: Path, tmp_path: Path) -> None:
+    fails_on_both_ranks(
+        synthetic_root,
+        tmp_path / "nan",
+        "+callbacks.nan._target_=tests.helpers.NaNOnRank",
+        says="the training loss became non-finite on rank 1 at step 2",
+    )
 
 
 def test_a_search_storage_error_on_rank_0_stops_both_ranks(
@@ -136,24 +145,15 @@ def test_a_search_storage_error_on_rank_0_stops_both_ranks(
     """Issue 26, item 6: rank 0 reads the search's storage before it broadcasts its pruning
     verdict; its error left rank 1 in the broadcast until the process group timed out (30
     minutes). Now the error is broadcast and both ranks stop with the message."""
-    run_dir = tmp_path / "trial"
-    proc = run_module(
-        "seqmnist.train",
-        f"data.root={synthetic_root}",
-        f"hydra.run.dir={run_dir}",
-        *FAST,
-        *DDP,
+    fails_on_both_ranks(
+        synthetic_root,
+        tmp_path / "trial",
         f"optuna_trial.storage=sqlite:///{tmp_path / 'no' / 'such' / 'study.db'}",
         "optuna_trial.study_name=gone",
         "optuna_trial.trial_id=0",
         "optuna_trial.number=0",
-        timeout=180,
+        says="trial 0 of study 'gone' could not report epoch 0 to the search's storage",
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-3000:]
-    assert "trial 0 of study 'gone' could not report epoch 0 to the search's storage" in out
-    assert "Traceback" not in out
-    assert metrics_of(run_dir)["status"] == "failed"
 
 
 def test_val_and_test_accuracy_under_2_and_3_ranks_equal_one_process(
