@@ -338,19 +338,8 @@ def test_sweeper_reads_its_settings() -> None:
     from hydra_plugins.seqmnist_optuna_sweeper.config import OptunaSweeperConf
 
     assert OptunaSweeperConf().pruner == "percentile" and OptunaSweeperConf().sampler == "tpe"
-    sweeper = OptunaSweeper(
-        sampler="random",
-        seed=1,
-        pruner={"name": "none"},
-        direction="maximize",
-        storage=None,
-        study_name="s",
-        n_trials=3,
-        n_jobs=2,
-        heartbeat_interval=1,
-        grace_period=2,
-        params={"layers": "choice(1, 2)"},
+    impl = sweeper_of(
+        sampler="random", pruner={"name": "none"}, n_jobs=2, params={"layers": "choice(1, 2)"}
     )
-    impl = sweeper.impl
     assert impl.pruner_spec == {"name": "none"} and impl.params == {"layers": "choice(1, 2)"}
     assert OverridesParser.create().parse_overrides(["layers=choice(1, 2)"])[0].is_sweep_override()
