@@ -15,7 +15,7 @@ endif
 
 .PHONY: help install install-extras browser train test test-fast lint format tensorboard sweep \
 	report results results-table evaluate predict export export-parity demo mlflow bench bench-accuracy \
-	search-compare dashboard gpu-check clean
+	search-compare dashboard gpu-check cluster-up cluster-down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -183,6 +183,16 @@ MLFLOW_DIR ?= outputs/mlflow
 mlflow: install-extras  ## the MLflow UI on the runs of logger=mlflow (outputs/mlflow/mlflow.db)
 	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db" \
 		--port $(or $(MLFLOW_PORT),5000)
+
+# A SLURM cluster of two nodes (slurmctld, slurmdbd over MariaDB, slurmd n1 and n2), PostgreSQL
+# and an MLflow server on this machine, all under outputs/cluster/ (scripts/local_cluster.sh):
+# installs what is missing (Debian packages, as root), starts what is not running, waits
+# until the nodes are idle and the servers answer, and writes outputs/cluster/env.sh.
+cluster-up: install-extras  ## start the local cluster (SLURM x2, PostgreSQL, MLflow): then source outputs/cluster/env.sh
+	bash scripts/local_cluster.sh up
+
+cluster-down:  ## stop what cluster-up started (by pid)
+	bash scripts/local_cluster.sh down
 
 bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (outputs/bench/)
 	$(PY) -m seqmnist.bench $(ARGS)

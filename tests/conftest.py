@@ -15,6 +15,15 @@ from .helpers import REAL_DATA_ROOT, drawn_digit, train_in_process, write_datase
 
 
 @pytest.fixture(autouse=True)
+def no_tracking_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """logger=mlflow follows MLFLOW_TRACKING_URI, which a shell that sourced
+    outputs/cluster/env.sh sets, and so does ``mlflow.set_tracking_uri`` in a test (MLflow
+    mirrors it into the environment): each test picks its store itself (the cluster tests
+    read env.sh), and no test's store leaks into the next one's runs."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Run in-process torch work on one thread: tiny tensors gain nothing from a second one,
     and a test must not leave the thread count changed for the next."""

@@ -201,13 +201,27 @@ def drawn_digit(size: int = 28) -> np.ndarray:
 
 class SlowSteps(L.Callback):
     """Makes each training step take at least ``seconds``, so a test can signal mid-epoch.
-    Added to a run with ``+callbacks.slow._target_=tests.helpers.SlowSteps``."""
+    Added to a run with ``+callbacks.slow._target_=tests.helpers.SlowSteps``; with
+    ``+callbacks.slow.job=N`` only in the sweep job whose directory is named ``N``; with
+    ``+callbacks.slow.until=PATH`` no longer once PATH exists (a step then waits for it at
+    most ``seconds``): a job held until another one has started, however slow the host."""
 
-    def __init__(self, seconds: float = 0.1) -> None:
+    def __init__(
+        self, seconds: float = 0.1, job: str | None = None, until: str | None = None
+    ) -> None:
         self.seconds = seconds
+        self.job = None if job is None else str(job)
+        self.until = None if until is None else Path(until)
 
-    def on_train_batch_end(self, *args: Any) -> None:
-        time.sleep(self.seconds)
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.job is not None and Path(trainer.default_root_dir).name != self.job:
+            return
+        if self.until is None:
+            time.sleep(self.seconds)
+            return
+        deadline = time.monotonic() + self.seconds
+        while not self.until.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 class KillJob(L.Callback):

@@ -20,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from seqmnist.core.errors import SeqMNISTError
 from seqmnist.core.machine import describe as describe_machine
@@ -34,6 +34,9 @@ from seqmnist.jobs.cluster import (
     first_process,
     one_job,
     rank_config,
+    rank_nodes,
+    requeue_job,
+    requeued_checkpoint,
     spread_over_gpus,
 )
 from seqmnist.jobs.resume import resume_config
@@ -140,6 +143,8 @@ def fit_and_test(
         raise SIGTERMException()
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["epochs"] = trainer.current_epoch
+    metrics["world_size"] = trainer.world_size
+    metrics["nodes"] = rank_nodes(trainer)  # a collective: every rank gets here
     metric = str(cfg.optimized_metric)
     best = trainer.callback_metrics.get(metric)
     metrics["optimized_metric"] = metric
@@ -197,6 +202,21 @@ def interrupted(cfg: DictConfig, stop: StopRequest) -> int:
     return stop.exit_code
 
 
+def continuing(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """A SLURM job started again after a requeue continues its run from ``last.ckpt``, as
+    ``resume=RUN_DIR`` would (its command line is the one that made the run)."""
+    if cfg.get("resume") or not cfg.get("requeue", True):
+        return cfg, overrides
+    ckpt = requeued_checkpoint(run_dir(cfg))
+    if ckpt is None:
+        return cfg, overrides
+    log.info(f"SLURM job started again after a requeue: continuing from {ckpt}")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.resume = str(run_dir(cfg).path)
+    return cfg, []
+
+
 def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, float | None]:
     """One job, as the command runs it: ``(exit status, the optimized metric)``.
 
@@ -204,17 +224,23 @@ def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, flo
     status 2. In a multirun a failing job is recorded as failed in its own directory and
     gives NaN, so the other jobs of the sweep still run. SIGTERM or Ctrl+C stops after the
     current batch with a checkpoint and gives 143 / 130 (the SLURM time-limit signals
-    SIGUSR1/SIGUSR2 likewise, 138 / 140).
+    SIGUSR1/SIGUSR2 likewise, 138 / 140). A SLURM batch job stopped by its time limit
+    requeues itself (``requeue``) and exits, to continue when SLURM starts it again.
     """
     with StopRequest() as stop:
         try:
+            cfg, overrides = continuing(cfg, overrides)
             if cfg.get("resume"):
                 resumed = resume_config(cfg, overrides)
                 read_checkpoint(Path(resumed.ckpt_path))  # a corrupt file: one clear message
                 cfg = resumed  # from here on, failures are recorded in the resumed run's dir
             metrics = train(cfg)
         except SIGTERMException:
-            return interrupted(cfg, stop), None
+            status = interrupted(cfg, stop)
+            if requeue_job(stop.signal, enabled=bool(cfg.get("requeue", True))):
+                # No result for submitit: the sweep waits on for the job's next start.
+                raise SystemExit(status) from None
+            return status, None
         except Exception as e:
             # A job that got as far as starting (metrics.json exists) is marked failed; a
             # config rejected up front leaves nothing behind in a single run.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import optuna
@@ -29,9 +30,17 @@ def search(root: Path, sweep: Path, *args: str) -> list[str]:
     return ["seqmnist.train", f"data.root={root}", f"hydra.sweep.dir={sweep}", *SEARCH, *args]
 
 
-def study_of(sweep: Path, url: str | None = None) -> optuna.Study:
+def study_of(sweep: Path, url: str | None = None, name: str = "seqmnist") -> optuna.Study:
     storage = open_storage(url or f"sqlite:///{sweep / 'optuna.db'}")
-    return optuna.load_study(study_name="seqmnist", storage=storage)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def postgres_study() -> tuple[str, str]:
+    """(URL, a study name of its own) on the local cluster's PostgreSQL server, which keeps
+    the studies of every test run: each test names a new one."""
+    from tests.cluster import cluster_env
+
+    return cluster_env()["SEQMNIST_PG_URL"], f"test-{uuid.uuid4().hex[:12]}"
 
 
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -16,25 +16,36 @@ from tests.helpers import ONE_THREAD, run_module
 from tests.hydra_plugins.searches import (
     distinct_params,
     finished,
+    postgres_study,
     search,
     start_search,
     study_of,
 )
 
+# The same searches against the local cluster's PostgreSQL server (make cluster-up).
+POSTGRES = pytest.param("postgresql", marks=[pytest.mark.cluster, pytest.mark.slow])
+
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+@pytest.mark.parametrize("storage", ["sqlite", "journal", POSTGRES])
 def test_a_killed_search_continues_where_it_stopped(
     synthetic_root: Path, tmp_path: Path, storage: str
 ) -> None:
     sweep = tmp_path / "sweep"
-    url = f"sqlite:///{sweep / 'optuna.db'}" if storage == "sqlite" else str(sweep / "study.log")
+    name = "seqmnist"
+    if storage == "postgresql":
+        url, name = postgres_study()
+    elif storage == "sqlite":
+        url = f"sqlite:///{sweep / 'optuna.db'}"
+    else:
+        url = str(sweep / "study.log")
     args = search(
         synthetic_root,
         sweep,
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.pruner=none",
         f"hydra.sweeper.storage={url}",
+        f"hydra.sweeper.study_name={name}",
         "+callbacks.slow._target_=tests.helpers.SlowSteps",
     )
     proc = start_search(args, tmp_path / "first.log")
@@ -42,9 +53,13 @@ def test_a_killed_search_continues_where_it_stopped(
     done: list = []
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if (sweep / "optuna.db").exists() or (sweep / "study.log").exists():
+        if (
+            (sweep / "optuna.db").exists()
+            or (sweep / "study.log").exists()
+            or storage == "postgresql"
+        ):
             try:
-                trials = study_of(sweep, url).get_trials()
+                trials = study_of(sweep, url, name).get_trials()
             except KeyError:  # the database is there, the study not yet
                 continue
             done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -55,13 +70,13 @@ def test_a_killed_search_continues_where_it_stopped(
     proc.wait()
     kept = {
         t.number: t.params
-        for t in study_of(sweep, url).get_trials()
+        for t in study_of(sweep, url, name).get_trials()
         if t.state == TrialState.COMPLETE
     }
 
     again = run_module(*args, env=ONE_THREAD)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    study = study_of(sweep, url)
+    study = study_of(sweep, url, name)
     ended = finished(study)
     assert len(ended) == 4  # exactly n_trials finished trials
     assert all(study.trials[n].params == p for n, p in kept.items())  # nothing lost or rerun
@@ -120,8 +135,11 @@ def test_jobs_that_outlive_their_sweep_keep_their_trials_and_tell_them(
 
 
 @pytest.mark.e2e
-def test_two_workers_share_one_study(synthetic_root: Path, tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+@pytest.mark.parametrize("storage", ["sqlite", POSTGRES])
+def test_two_workers_share_one_study(synthetic_root: Path, tmp_path: Path, storage: str) -> None:
+    url, name = f"sqlite:///{tmp_path / 'shared.db'}", "seqmnist"
+    if storage == "postgresql":
+        url, name = postgres_study()
     workers = [
         start_search(
             search(
@@ -130,6 +148,7 @@ def test_two_workers_share_one_study(synthetic_root: Path, tmp_path: Path) -> No
                 "hydra.sweeper.n_trials=5",
                 "hydra.sweeper.pruner=none",
                 f"hydra.sweeper.storage={url}",
+                f"hydra.sweeper.study_name={name}",
             ),
             tmp_path / f"w{i}.log",
         )
@@ -137,7 +156,7 @@ def test_two_workers_share_one_study(synthetic_root: Path, tmp_path: Path) -> No
     ]
     for w in workers:
         assert w.wait(timeout=300) == 0
-    study = study_of(tmp_path, url)
+    study = study_of(tmp_path, url, name)
     ended = finished(study)
     assert len(ended) == 5 and distinct_params(ended)
     run_dirs = [
@@ -145,7 +164,7 @@ def test_two_workers_share_one_study(synthetic_root: Path, tmp_path: Path) -> No
     ]
     assert sorted(run_dirs, key=int) == sorted(str(t.number) for t in ended)  # each ran once
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(2)]
-    assert all("Optuna study 'seqmnist'" in text for text in logs)
+    assert all(f"Optuna study '{name}'" in text for text in logs)
     # One created the study, the other joined it and drew its own stream (issue 26, item 9):
     # started together with one seed, they proposed the same settings, closed unrun.
     assert sorted("(new)" in text for text in logs) == [False, True]

@@ -11,9 +11,11 @@ import pytest
 from optuna.trial import TrialState
 
 from seqmnist.jobs.search import open_storage
+from tests.cluster import SLURM, cluster_env, sacct_states, slurm_job_ids
 from tests.helpers import ONE_THREAD, run_module
 from tests.hydra_plugins.searches import (
     finished,
+    postgres_study,
     search,
     study_of,
 )
@@ -102,7 +104,13 @@ def test_a_completed_search_writes_its_best_trial_and_plots(
         (["hydra.sweeper.heartbeat_interval=0"], "heartbeat_interval=0 must be an integer >= 1"),
         (["hydra.sweeper.max_failures=0"], "max_failures=0 must be an integer >= 1"),
         (
-            ["hydra/launcher=slurm", "hydra.sweeper.storage=sqlite:///x.db"],
+            # Without the check that the cluster answers (tests/jobs/test_slurm.py), which
+            # comes first: this one is about the storage, and runs where no cluster is up.
+            [
+                "hydra/launcher=slurm",
+                "hydra.sweeper.storage=sqlite:///x.db",
+                "~hydra.callbacks.slurm_preflight",
+            ],
             "SQLite's file locks are unreliable on the network file systems",
         ),
     ],
@@ -191,21 +199,91 @@ def test_a_study_with_the_other_direction_is_left_alone(
 
 @pytest.mark.slow
 @pytest.mark.e2e
-def test_pruning_reaches_jobs_run_by_submitit(synthetic_root: Path, tmp_path: Path) -> None:
-    """submitit runs each trial in its own process: the job finds its trial in the storage."""
+@pytest.mark.parametrize(
+    "launcher", ["submitit_local", pytest.param("slurm", marks=pytest.mark.cluster)]
+)
+def test_pruning_reaches_jobs_run_by_submitit(
+    synthetic_root: Path, tmp_path: Path, launcher: str
+) -> None:
+    """submitit runs each trial in its own process (on SLURM, as an sbatch job of the local
+    cluster, the study in its PostgreSQL): the job finds its trial in the storage."""
     sweep = tmp_path / "sweep"
+    env, name, on_cluster = dict(ONE_THREAD), "seqmnist", []
+    url = None
+    if launcher == "slurm":
+        url, name = postgres_study()
+        env.update(cluster_env())
+        on_cluster = [
+            *SLURM[1:],
+            f"hydra.sweeper.storage={url}",
+            f"hydra.sweeper.study_name={name}",
+        ]
     proc = run_module(
         *search(
             synthetic_root,
             sweep,
             "hydra.sweeper.n_trials=2",
-            "hydra/launcher=submitit_local",
+            "hydra.sweeper.n_jobs=2",
+            f"hydra/launcher={'slurm' if launcher == 'slurm' else 'submitit_local'}",
             "hydra.launcher.timeout_min=5",
             "hydra.sweeper.pruner={name:ThresholdPruner,lower:0.99}",
+            *on_cluster,
         ),
-        env=ONE_THREAD,
+        env=env,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    assert [t.state for t in study_of(sweep).get_trials()] == [TrialState.PRUNED] * 2
+    assert [t.state for t in study_of(sweep, url, name).get_trials()] == [TrialState.PRUNED] * 2
+    if launcher == "slurm":  # each trial an sbatch job that SLURM ran to its end
+        jobs = slurm_job_ids(sweep)
+        assert len(jobs) == 2 and set(sacct_states(jobs, env).values()) == {"COMPLETED"}
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "pruned"
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    # submitit_local takes the same path as slurm (one launch a thread); its lost job is
+    # test_search_faults.py's.
+    "launcher",
+    ["joblib", pytest.param("slurm", marks=pytest.mark.cluster)],
+)
+def test_a_freed_slot_starts_the_next_trial_while_a_slow_one_runs(
+    synthetic_root: Path, tmp_path: Path, launcher: str
+) -> None:
+    """Issue 27, item 6: trials were launched n_jobs at a time and a batch waited for its
+    slowest trial, so trial 2 started only after the slow trial 0 ended. Now each slot is
+    filled the moment its trial ends: trials 1, 2 and 3 run while trial 0 is still running.
+    Trial 0 is held until trial 3's job has started, for at most 10 steps of 15 s: batched
+    launches would start trial 2 only after those 150 s."""
+    sweep = tmp_path / "sweep"
+    env, url, name, extra = dict(ONE_THREAD), None, "seqmnist", []
+    if launcher == "slurm":
+        url, name = postgres_study()
+        env.update(cluster_env())
+        extra = [*SLURM, f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={name}"]
+    else:
+        extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = run_module(
+        *search(
+            synthetic_root,
+            sweep,
+            "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.pruner=none",
+            "+callbacks.slow._target_=tests.helpers.SlowSteps",
+            "+callbacks.slow.seconds=15",
+            "+callbacks.slow.job=0",
+            f"+callbacks.slow.until={sweep / '3'}",
+            *extra,
+        ),
+        env=env,
+        timeout=400,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    trials = {t.number: t for t in study_of(sweep, url, name).get_trials()}
+    assert sorted(trials) == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials.values())
+    slow_end = trials[0].datetime_complete
+    # Trial 1's slot took trial 2, then trial 3, while trial 0 still ran.
+    assert trials[3].datetime_start < slow_end, {n: t.datetime_start for n, t in trials.items()}

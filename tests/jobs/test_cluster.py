@@ -14,6 +14,7 @@ from seqmnist.core import machine
 from seqmnist.core.errors import ConfigError
 from seqmnist.jobs import cluster
 from seqmnist.jobs.resolvers import register_resolvers
+from tests.cluster import down_slurm_conf
 from tests.helpers import CONFIG_DIR, compose_config
 
 
@@ -169,3 +170,48 @@ def test_parallel_one_gpu_jobs_take_turns_over_the_gpus(monkeypatch) -> None:
     single = compose_config("trainer=gpu")
     cluster.spread_over_gpus(single)
     assert single.trainer.devices == 1  # one job at a time: Lightning's choice stands
+
+
+# -- SLURM: requeue after the time limit, and the checks before a sweep submits -----------
+def test_only_a_batch_job_stopped_by_its_time_limit_is_requeued(monkeypatch) -> None:
+    import signal
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not cluster.requeue_job(signal.SIGUSR2)  # not a SLURM job
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("ENVIRONMENT", "INTERACTIVE")  # salloc/srun from a shell
+    assert not cluster.requeue_job(signal.SIGUSR2)
+    monkeypatch.setenv("ENVIRONMENT", "BATCH")
+    assert not cluster.requeue_job(signal.SIGTERM)  # scancel, kill: stays stopped
+    assert not cluster.requeue_job(signal.SIGUSR2, enabled=False)  # requeue=false
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert cluster.requeue_job(signal.SIGUSR1)  # rank 0 asks SLURM; the others just exit
+
+
+def test_a_requeued_job_continues_from_its_last_checkpoint(tmp_path, monkeypatch) -> None:
+    from seqmnist.core.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("ENVIRONMENT", "BATCH")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert cluster.requeued_checkpoint(run) is None  # stopped before its first checkpoint
+    run.last_ckpt.parent.mkdir(parents=True)
+    run.last_ckpt.write_bytes(b"")
+    assert cluster.requeued_checkpoint(run) == run.last_ckpt
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # its first start: a new run
+    assert cluster.requeued_checkpoint(run) is None
+
+
+def test_a_slurm_cluster_that_does_not_answer_is_one_message_with_the_fix(
+    tmp_path, monkeypatch
+) -> None:
+    from seqmnist.jobs.preflight import check_slurm
+
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "nowhere" / "slurm.conf"))
+    with pytest.raises(ConfigError, match=r"SLURM_CONF=.*nowhere.*no such file.*make cluster-up"):
+        check_slurm(launcher("hydra/launcher=slurm", "trainer.accelerator=cpu"))
+
+    monkeypatch.setenv("SLURM_CONF", str(down_slurm_conf(tmp_path)))
+    with pytest.raises(ConfigError, match=r"(does not answer|is not installed).*make cluster-up"):
+        check_slurm(launcher("hydra/launcher=slurm", "trainer.accelerator=cpu"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import struct
 import sys
 import time
@@ -161,6 +162,25 @@ def test_logger_list_and_many_compose() -> None:
     assert sorted(compose_config("logger=many").logger) == ["csv", "tensorboard"]
     uri = compose_config("logger=mlflow", "logger.mlflow.tracking_uri=http://h:5000").logger
     assert uri.mlflow.tracking_uri == "http://h:5000"
+    assert uri.mlflow.artifact_location is None  # a server keeps the artifacts itself
+
+
+def test_mlflows_own_variable_picks_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    local = compose_config("logger=mlflow").logger.mlflow
+    assert local.tracking_uri.startswith("sqlite:///") and local.tracking_uri.endswith(".db")
+    assert local.artifact_location.endswith("/mlflow/artifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    served = compose_config("logger=mlflow").logger.mlflow
+    assert served.tracking_uri == "http://127.0.0.1:5000" and served.artifact_location is None
+
+
+def test_a_tracking_server_that_is_down_stops_the_run_with_the_fix() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = compose_config("logger=mlflow", f"logger.mlflow.tracking_uri=http://127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="does not answer.*make cluster-up.*MLFLOW_TRACKING_URI"):
+        tracking.prepare(cfg.logger)
 
 
 @pytest.mark.e2e

@@ -13,10 +13,17 @@ same command again against the same storage and study name continues it: finishe
 stay, trials whose sweep died are marked failed once their heartbeat is stale, and the study
 ends when it holds ``n_trials`` finished (complete or pruned) trials. Several sweeps started
 with the same storage and study name share the study and together run ``n_trials`` trials.
+
+Under a launcher that runs jobs in processes of their own (joblib, submitit, SLURM) the
+sweeper keeps ``n_jobs`` trials in flight: each is launched alone, from a thread of its own,
+and the moment one ends (or is pruned) the next is asked for and started. Hydra's launcher
+interface runs a batch until its slowest job ends, which would leave a pruned trial's slot
+idle. The basic launcher runs jobs in this process, one after the other: batches as before.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import math
@@ -34,6 +41,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import OverrideParseException
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -468,37 +476,74 @@ class OptunaSweeperImpl(Sweeper):
             f"pruner {self.pruner_spec}"
         )
         with Heartbeats(plan["storage"], self.heartbeat_interval, self.grace_period) as beats:
-            while True:
-                beats.fail_stale(study)
-                trials = study.get_trials(deepcopy=False)
-                finished = sum(t.state in FINISHED for t in trials)
-                running = sum(t.state == TrialState.RUNNING for t in trials)
-                if finished >= self.n_trials:
-                    break
-                free = self.n_trials - finished - running
-                self.orphans &= {t.number for t in trials if t.state == TrialState.RUNNING}
-                slots = min(self.n_jobs - len(self.orphans), free)
-                if slots <= 0:  # the rest runs in other sweeps, or in this one's orphans
-                    time.sleep(min(5.0, max(1.0, self.heartbeat_interval / 2)))
-                    continue
-                asked = [self._ask(study, plan["space"]) for _ in range(slots)]
-                batch = [t for t in asked if t not in (None, EXHAUSTED)]
-                if batch:
-                    self._run(study, batch, plan, beats)
-                if EXHAUSTED in asked and self.ended is None:
-                    self.ended = self._exhausted_message(study, plan["space"])
-                if self.ended is None and len(self.failures) >= self.max_failures:
-                    self.ended = (
-                        f"{len(self.failures)} trials failed (hydra.sweeper.max_failures="
-                        f"{self.max_failures}); the first: {self.failures[0]}"
-                    )
-                if self.ended is not None:
-                    break
+            self._loop(study, plan, beats, apart=self.runs_apart())
         self._write_results(study)
         if self.ended is not None:
             # Failed trials make the sweep's report (SweepSummary, after this returns) exit 1.
             failed = len(self.failures) >= self.max_failures
             (log.error if failed else log.warning)(f"the search ended early: {self.ended}")
+
+    def runs_apart(self) -> bool:
+        """Whether the launcher runs each job in a process of its own (every launcher but
+        Hydra's basic one), so that jobs can be launched one at a time from threads."""
+        return type(self.launcher).__name__ != "BasicLauncher" and self.n_jobs > 1
+
+    def _loop(
+        self,
+        study: optuna.Study,
+        plan: dict[str, Any],
+        beats: Heartbeats,
+        apart: bool,
+    ) -> None:
+        """Ask, launch and tell until the study holds ``n_trials`` finished trials (or the
+        search ends early). ``apart``: each trial's job is launched alone, from a thread of
+        its own, and a freed slot is filled at once; otherwise ``n_jobs`` trials are launched
+        as one batch."""
+        in_flight: dict[concurrent.futures.Future, Any] = {}
+        pause = min(5.0, max(1.0, self.heartbeat_interval / 2))
+        while True:
+            for future in [f for f in in_flight if f.done()]:
+                self._collect(study, [in_flight.pop(future)], future, beats)
+            beats.fail_stale(study)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            if self.ended is None and len(self.failures) >= self.max_failures:
+                self.ended = (
+                    f"{len(self.failures)} trials failed (hydra.sweeper.max_failures="
+                    f"{self.max_failures}); the first: {self.failures[0]}"
+                )
+            if (finished >= self.n_trials or self.ended is not None) and not in_flight:
+                break
+            free = self.n_trials - finished - running
+            self.orphans &= {t.number for t in trials if t.state == TrialState.RUNNING}
+            slots = min(self.n_jobs - len(self.orphans) - len(in_flight), free)
+            if self.ended is None and slots > 0:
+                asked = [self._ask(study, plan["space"]) for _ in range(slots)]
+                batch = [t for t in asked if t not in (None, EXHAUSTED)]
+                if EXHAUSTED in asked:
+                    self.ended = self._exhausted_message(study, plan["space"])
+                if batch and not apart:
+                    self._run(study, batch, plan, beats)
+                    continue
+                for trial in batch:
+                    beats.add(optuna_trial_id(trial))
+                    job = [self._overrides(trial, plan)]
+                    in_flight[in_thread(self._launch, job, trial.number)] = trial
+                if batch:
+                    continue
+            if in_flight:  # until a job ends: its slot is then filled at once
+                concurrent.futures.wait(
+                    in_flight, timeout=pause, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+            elif slots <= 0 or self.ended is None:
+                # The rest runs in other sweeps, or in this one's orphans.
+                time.sleep(pause)
+
+    def _launch(self, job: list[list[str]], number: int) -> Sequence[JobReturn]:
+        """One launch through the configured launcher (from a worker thread)."""
+        launcher: Launcher = self.launcher
+        return launcher.launch(job, initial_job_idx=number)
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> Any:
         """A new trial with its parameters; None when the study is already full; EXHAUSTED
@@ -548,11 +593,25 @@ class OptunaSweeperImpl(Sweeper):
         """Launch ``batch`` as one set of jobs and tell the study how each ended."""
         for trial in batch:
             beats.add(optuna_trial_id(trial))
+        launched: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            job = [self._overrides(t, plan) for t in batch]
+            launched.set_result(self._launch(job, batch[0].number))
+        except Exception as e:
+            launched.set_exception(e)
+        self._collect(study, batch, launched, beats)
+
+    def _collect(
+        self,
+        study: optuna.Study,
+        batch: list[Any],
+        launched: concurrent.futures.Future,
+        beats: Heartbeats,
+    ) -> None:
+        """Tell the study how each job of a launch ended."""
         try:
             try:
-                returns = self.launcher.launch(
-                    [self._overrides(t, plan) for t in batch], initial_job_idx=batch[0].number
-                )
+                returns = launched.result()
             except Exception as e:
                 # A job that ended without a result (killed by OOM, a node failure, a
                 # preemption, a stop slower than its signal delay) makes the launcher raise
@@ -725,6 +784,21 @@ class OptunaSweeperImpl(Sweeper):
                 plt.close(ax.figure)
             except Exception as e:  # too few complete trials, a constant parameter, ...
                 log.info(f"{name} not drawn: {' '.join(str(e).split())[:160]}")
+
+
+def in_thread(fn: Any, *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` in a daemon thread: a sweep stopped by Ctrl+C does not wait for the jobs
+    its launches wait on (SLURM jobs go on and tell their own trials)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # handed to the sweep's thread, which tells the trial
+            future.set_exception(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
 
 
 def space_size(space: dict[str, BaseDistribution]) -> int | None:

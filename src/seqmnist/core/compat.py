@@ -26,6 +26,7 @@ ADDED_KEYS: dict[str, Any] = {
     "optimized_metric": "val/acc_best",
     "optuna_trial.monitor": "val/acc",
     "optuna_trial.heartbeat_interval": 30,
+    "requeue": True,
 }
 
 # metrics.json written before runs recorded a status had results only: they completed.

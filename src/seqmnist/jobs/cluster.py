@@ -12,6 +12,9 @@ by torchrun, by SLURM or by submitit; threads and GPUs for parallel jobs of a sw
 - The SLURM launcher's nodes, tasks and GPUs follow ``trainer.num_nodes``/``devices``
   through the resolvers :func:`devices_per_node` and :func:`gpus_per_node`
   (conf/hydra/launcher/slurm.yaml; registered by ``seqmnist.shell``).
+- A SLURM batch job stopped by its time-limit signal puts itself back in the queue
+  (:func:`requeue_job`); started again, it continues from ``last.ckpt``
+  (:func:`requeued_checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +40,7 @@ from seqmnist.core.internals import (
     stop_child_process_observers,
 )
 from seqmnist.core.machine import usable_cpus
+from seqmnist.core.rundir import RunDir
 
 log = logging.getLogger("seqmnist.cluster")
 
@@ -219,3 +225,60 @@ def spread_over_gpus(cfg: DictConfig) -> None:
         return
     with open_dict(cfg):
         cfg.trainer.devices = [num % torch.cuda.device_count()]
+
+
+# -- SLURM: time limits, requeue, and where the ranks ran -------------------------------
+# SIGUSR2 is what submitit asks SLURM to send before the time limit (signal_delay_s);
+# SIGUSR1 what Lightning's docs ask for (#SBATCH --signal=USR1@90).
+TIME_LIMIT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def slurm_batch_job() -> str | None:
+    """The id of the SLURM batch job this process is a task of (``sbatch``, which submitit
+    uses too); None outside one, and in an interactive ``salloc``/``srun`` session, which
+    cannot be requeued."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return job if job and os.environ.get("ENVIRONMENT") == "BATCH" else None
+
+
+def requeue_job(signum: int | None, enabled: bool = True) -> bool:
+    """After a clean stop on the time-limit signal (``last.ckpt`` saved on every rank): put
+    this batch job back in the queue. The job's first task asks SLURM (``scontrol
+    requeue``); every task then exits without a result, so a sweep waiting on the job goes
+    on waiting for its next start. True if the job is requeued."""
+    job = slurm_batch_job()
+    if not enabled or job is None or signum not in TIME_LIMIT_SIGNALS:
+        return False
+    if os.environ.get("SLURM_PROCID", "0") != "0":
+        return True
+    try:
+        subprocess.run(
+            ["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", None) or e
+        log.error(f"could not requeue SLURM job {job} ({detail}); continue it with resume=")
+        return False
+    log.warning(f"SLURM job {job} requeued: started again, it continues from last.ckpt")
+    return True
+
+
+def requeued_checkpoint(run: RunDir) -> Path | None:
+    """The ``last.ckpt`` a SLURM job started again after a requeue continues from (the job
+    runs the same command in the same run dir); None for a first start, or when the job
+    stopped before its first checkpoint (it then starts over)."""
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    if slurm_batch_job() is None or not restarts.isdigit() or int(restarts) < 1:
+        return None
+    return run.last_ckpt if run.last_ckpt.is_file() else None
+
+
+def rank_nodes(trainer: L.Trainer) -> list[str]:
+    """The node each rank ran on, in rank order: SLURM's node name, else the host name."""
+    name = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    dist = torch.distributed
+    if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return [name]
+    gathered: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(gathered, name)
+    return [str(n) for n in gathered]

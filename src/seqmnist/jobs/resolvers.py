@@ -20,6 +20,7 @@ def resolvers() -> dict[str, Callable[..., Any]]:
         "seqmnist.experiment_name": tracking.experiment_name,
         "seqmnist.wandb_offline": tracking.wandb_offline,
         "seqmnist.abspath": tracking.absolute,
+        "seqmnist.mlflow_artifacts": tracking.artifact_location,
         "seqmnist.tasks_per_node": cluster.devices_per_node,
         "seqmnist.gpus_per_node": cluster.gpus_per_node,
     }

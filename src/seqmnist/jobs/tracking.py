@@ -79,6 +79,34 @@ def absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def served(uri: str) -> bool:
+    """Whether an MLflow tracking URI names a server (which keeps the artifacts itself)."""
+    return urlparse(str(uri)).scheme in ("http", "https")
+
+
+def artifact_location(tracking_uri: str, log_dir: str) -> str | None:
+    """Where a new MLflow experiment keeps its files: beside a local database, under
+    ``log_dir``; on a server, wherever the server says (None)."""
+    return None if served(tracking_uri) else f"{absolute(log_dir)}/mlflow/artifacts"
+
+
+def check_server(uri: str, timeout: float = 10) -> None:
+    """A tracking server that does not answer stops the run before it starts (MLflow's
+    client would retry each call for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"the MLflow tracking server at {uri} does not answer ({reason}). Fix: start it "
+            "(make cluster-up for the local one, then source outputs/cluster/env.sh), or "
+            "unset MLFLOW_TRACKING_URI to log into the SQLite database under outputs/."
+        ) from None
+
+
 # -- before the run ---------------------------------------------------------------------
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
@@ -113,6 +141,8 @@ def prepare(logger_cfg: DictConfig | None) -> None:
             )
     node = _chosen(logger_cfg, "mlflow")
     uri = str(node.get("tracking_uri") or "") if node is not None else ""
+    if served(uri):
+        check_server(uri)
     if not uri.startswith(SQLITE):
         return  # no MLflow, or a server: it serialises the creation itself
     from mlflow.tracking import MlflowClient

@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# A SLURM cluster of two nodes, a PostgreSQL server and an MLflow tracking server on this
+# one machine, for trying (and testing) the scale-out path on the real engines:
+#   bash scripts/local_cluster.sh up       # (make cluster-up)   install what is missing, start, wait
+#   bash scripts/local_cluster.sh down     # (make cluster-down) stop what `up` started, by pid
+#   bash scripts/local_cluster.sh status
+# Everything lives under outputs/cluster/ (config, state, logs, pid files); `up` writes
+# outputs/cluster/env.sh, which exports SLURM_CONF, SEQMNIST_PG_URL and MLFLOW_TRACKING_URI.
+# Ports (loopback only) can be moved with CLUSTER_PORT_BASE (default 16800): slurmctld
+# +17, the nodes +18/+19, PostgreSQL +32, MLflow +50.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DIR="${CLUSTER_DIR:-$ROOT/outputs/cluster}"
+PY="${PY:-$ROOT/.venv/bin/python}"
+BASE="${CLUSTER_PORT_BASE:-16800}"
+CTLD_PORT=$((BASE + 17))
+DBD_PORT=$((BASE + 20))
+MARIADB_PORT=$((BASE + 6))
+NODE_PORTS="$((BASE + 18))-$((BASE + 19))"
+PG_PORT=$((BASE + 32))
+MLFLOW_PORT=$((BASE + 50))
+NODES=(n1 n2)
+PG_DB=seqmnist_search
+PG_USER=seqmnist
+HOST="$(hostname -s)"
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+
+say() { echo "cluster: $*"; }
+die() { echo "cluster: error: $*" >&2; exit 2; }
+
+alive() {  # alive PIDFILE: the process named in the pid file runs
+  [ -s "$1" ] && kill -0 "$(head -1 "$1")" 2>/dev/null
+}
+
+wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll until the command succeeds
+  local seconds=$1 what=$2; shift 2
+  for _ in $(seq 1 $((seconds * 2))); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    [ "${WATCH_PID:-}" ] && ! kill -0 "$WATCH_PID" 2>/dev/null && die "$what exited; see its log in $DIR"
+    sleep 0.5
+  done
+  die "$what did not come up within ${seconds}s; see the logs in $DIR"
+}
+
+# -- what must be installed -------------------------------------------------------------
+install_missing() {
+  local missing=()
+  command -v munged >/dev/null || missing+=(munge)
+  command -v slurmctld >/dev/null || missing+=(slurmctld)
+  command -v slurmd >/dev/null || missing+=(slurmd)
+  command -v sbatch >/dev/null || missing+=(slurm-client)
+  command -v slurmdbd >/dev/null || missing+=(slurmdbd)
+  command -v mariadbd >/dev/null || missing+=(mariadb-server)
+  [ -n "$PG_BIN" ] || missing+=(postgresql)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      say "installing Debian's ${missing[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+      PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
+    else
+      die "missing ${missing[*]}. Fix: sudo apt-get install ${missing[*]} (Debian/Ubuntu), then run this again."
+    fi
+  fi
+  [ -x "$PY" ] || die "no project environment at $PY. Fix: make install-extras (or make cluster-up)."
+  "$PY" -c "import mlflow, psycopg" 2>/dev/null \
+    || die "the MLflow server needs mlflow and psycopg in $PY. Fix: make install-extras."
+}
+
+# -- munge: the credentials SLURM's daemons and commands share ---------------------------
+start_munge() {
+  local d="$DIR/munge"
+  if alive "$d/munged.pid"; then say "munge is running"; return; fi
+  mkdir -p "$d"; chmod 700 "$d"
+  [ -s "$d/munge.key" ] || { dd if=/dev/urandom of="$d/munge.key" bs=1024 count=1 status=none; }
+  chmod 600 "$d/munge.key"
+  munged --force --num-threads=10 --socket="$d/munge.socket" --key-file="$d/munge.key" \
+    --pid-file="$d/munged.pid" --log-file="$d/munged.log" --seed-file="$d/munged.seed"
+  wait_for 10 munge munge --socket="$d/munge.socket" -n
+  say "munge started"
+}
+
+# -- SLURM: slurmctld and two slurmd of one CPU each, both on this host ------------------
+write_slurm_conf() {
+  local d="$DIR/slurm" cpus mem
+  mkdir -p "$d/state" "$d/log" "$d/run" "${NODES[@]/#/$d/spool/}"
+  mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 4 ))  # a quarter each
+  cpus=1
+  cat > "$d/slurm.conf" <<EOF
+# Written by scripts/local_cluster.sh: two nodes on one host (slurmd -N n1, slurmd -N n2).
+ClusterName=seqmnist
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmUser=$(id -un)
+SlurmdUser=$(id -un)
+AuthType=auth/munge
+CredType=cred/munge
+# cred_expire: also how long a requeued job waits before it may start again (default 120 s).
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=10
+StateSaveLocation=$d/state
+SlurmdSpoolDir=$d/spool/%n
+SlurmctldPidFile=$d/run/slurmctld.pid
+SlurmdPidFile=$d/run/slurmd-%n.pid
+SlurmctldLogFile=$d/log/slurmctld.log
+SlurmdLogFile=$d/log/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+# Accounting through slurmdbd, as on a real cluster: sacct (which submitit polls) knows
+# every job's state, also of a job that ended without a word (killed, timed out).
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=$DBD_PORT
+# (the munge socket for talking to slurmdbd)
+AccountingStoragePass=$DIR/munge/munge.socket
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+JobRequeue=1
+# A requeued job is started again within seconds (backfill every 5 s, not 30).
+SchedulerParameters=bf_interval=5,sched_interval=5
+KillWait=30
+MinJobAge=300
+InactiveLimit=0
+Waittime=0
+SlurmdTimeout=60
+NodeName=n[1-2] NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$NODE_PORTS CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+nodes_idle() {  # both nodes idle (or already running jobs)
+  local states
+  states="$(SLURM_CONF="$DIR/slurm/slurm.conf" sinfo -h -N -o '%N %t' 2>/dev/null)" || return 1
+  for n in "${NODES[@]}"; do
+    echo "$states" | grep -Eq "^$n (idle|mix|alloc)" || return 1
+  done
+}
+
+resolve_nodes() {  # Lightning (and MPI, torchrun) reach a node by its name in SLURM's node list
+  local n
+  for n in "${NODES[@]}"; do
+    getent hosts "$n" >/dev/null && continue
+    if [ "$(id -u)" = 0 ] && [ -w /etc/hosts ]; then
+      echo "127.0.0.1 $n  # seqmnist local cluster (scripts/local_cluster.sh)" >> /etc/hosts
+      say "node name $n added to /etc/hosts (127.0.0.1)"
+    else
+      die "node name $n does not resolve. Fix: add '127.0.0.1 ${NODES[*]}' to /etc/hosts (as root)."
+    fi
+  done
+}
+
+# -- slurmdbd over MariaDB: the accounting a cluster keeps --------------------------------
+start_mariadb() {
+  local d="$DIR/mariadb"
+  if alive "$d/mariadbd.pid"; then say "MariaDB is running"; return; fi
+  mkdir -p "$d/run"
+  if [ ! -d "$d/data/mysql" ]; then
+    mariadb-install-db --no-defaults --datadir="$d/data" --user="$(id -un)" \
+      --auth-root-authentication-method=socket >"$d/install.log" 2>&1 \
+      || die "mariadb-install-db failed: $d/install.log"
+  fi
+  setsid mariadbd --no-defaults --datadir="$d/data" --socket="$d/run/mysqld.sock" \
+    --pid-file="$d/mariadbd.pid" --bind-address=127.0.0.1 --port="$MARIADB_PORT" \
+    --skip-name-resolve --user="$(id -un)" --log-error="$d/mariadbd.log" \
+    --innodb-buffer-pool-size=32M >/dev/null 2>&1 &
+  WATCH_PID=$! wait_for 60 MariaDB mariadb --no-defaults --socket="$d/run/mysqld.sock" -e "SELECT 1"
+  mariadb --no-defaults --socket="$d/run/mysqld.sock" -e "
+    CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1';
+    GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+  say "MariaDB started (for slurmdbd)"
+}
+
+start_slurmdbd() {
+  local d="$DIR/slurm"
+  if alive "$d/run/slurmdbd.pid"; then say "slurmdbd is running"; return; fi
+  cat > "$d/slurmdbd.conf" <<EOF
+# Written by scripts/local_cluster.sh.
+AuthType=auth/munge
+AuthInfo=socket=$DIR/munge/munge.socket
+DbdHost=$HOST
+DbdAddr=127.0.0.1
+DbdPort=$DBD_PORT
+SlurmUser=$(id -un)
+PidFile=$d/run/slurmdbd.pid
+LogFile=$d/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$MARIADB_PORT
+StorageUser=slurm
+StorageLoc=slurm_acct_db
+EOF
+  chmod 600 "$d/slurmdbd.conf"
+  slurmdbd  # reads the slurmdbd.conf beside $SLURM_CONF
+  wait_for 30 slurmdbd bash -c "exec 3<>/dev/tcp/127.0.0.1/$DBD_PORT"
+  say "slurmdbd started"
+}
+
+start_slurm() {
+  local d="$DIR/slurm"
+  resolve_nodes
+  write_slurm_conf
+  export SLURM_CONF="$d/slurm.conf"
+  start_mariadb
+  start_slurmdbd
+  if alive "$d/run/slurmctld.pid"; then say "slurmctld is running"
+  else
+    slurmctld -f "$d/slurm.conf"
+    wait_for 20 slurmctld scontrol ping
+    say "slurmctld started"
+  fi
+  for n in "${NODES[@]}"; do
+    if alive "$d/run/slurmd-$n.pid"; then say "slurmd $n is running"
+    else slurmd -f "$d/slurm.conf" -N "$n"; say "slurmd $n started"; fi
+  done
+  wait_for 60 "the nodes (sinfo shows them idle)" nodes_idle
+}
+
+# -- PostgreSQL: a server on 127.0.0.1 with a database for searches (and one for MLflow) --
+pg() {  # PostgreSQL refuses to run as root: as root, run it as the postgres user, able to
+  # reach the data dir even below directories only root may enter.
+  if [ "$(id -u)" = 0 ]; then
+    setpriv --reuid=postgres --regid=postgres --init-groups \
+      --inh-caps=+dac_read_search --ambient-caps=+dac_read_search "$@"
+  else
+    "$@"
+  fi
+}
+
+start_postgres() {
+  local d="$DIR/postgres"
+  if alive "$d/data/postmaster.pid"; then say "PostgreSQL is running"
+  else
+    mkdir -p "$d/run"
+    [ "$(id -u)" = 0 ] && { id postgres >/dev/null 2>&1 || die "no postgres user. Fix: apt-get install postgresql"; chown -R postgres: "$d"; }
+    if [ ! -s "$d/data/PG_VERSION" ]; then
+      pg "$PG_BIN/initdb" -D "$d/data" -U postgres --auth=trust -E UTF8 >"$d/initdb.log" 2>&1 \
+        || die "initdb failed: $d/initdb.log"
+    fi
+    pg "$PG_BIN/pg_ctl" -D "$d/data" -l "$d/postgres.log" -w -t 30 \
+      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $d/run" start >/dev/null \
+      || die "PostgreSQL did not start: $d/postgres.log"
+    say "PostgreSQL started on 127.0.0.1:$PG_PORT"
+  fi
+  wait_for 30 PostgreSQL "$PG_BIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT"
+  local psql=("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt)
+  "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname='$PG_USER'" | grep -q 1 \
+    || "${psql[@]}" -c "CREATE ROLE $PG_USER LOGIN"
+  for db in "$PG_DB" mlflow; do
+    "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
+      || "${psql[@]}" -c "CREATE DATABASE $db OWNER $PG_USER"
+  done
+}
+
+# -- MLflow: a tracking server backed by that PostgreSQL, with an artifact folder ---------
+mlflow_answers() { "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$MLFLOW_PORT/health', timeout=2)"; }
+
+start_mlflow() {
+  local d="$DIR/mlflow"
+  mkdir -p "$d/artifacts"
+  if alive "$d/server.pid"; then say "MLflow is running"
+  else
+    # setsid: its own process group, so `down` ends the server and its workers together.
+    setsid "$(dirname "$PY")/mlflow" server \
+      --backend-store-uri "postgresql://$PG_USER@127.0.0.1:$PG_PORT/mlflow" \
+      --artifacts-destination "$d/artifacts" --serve-artifacts \
+      --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$d/server.log" 2>&1 &
+    echo $! > "$d/server.pid"
+    say "MLflow server starting on http://127.0.0.1:$MLFLOW_PORT"
+  fi
+  WATCH_PID="$(cat "$d/server.pid")" wait_for 120 "the MLflow server" mlflow_answers
+}
+
+write_env() {
+  cat > "$DIR/env.sh" <<EOF
+# Written by scripts/local_cluster.sh up: source it to use the local cluster.
+export SLURM_CONF="$DIR/slurm/slurm.conf"
+export SEQMNIST_PG_URL="postgresql://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
+export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+EOF
+}
+
+up() {
+  install_missing
+  mkdir -p "$DIR"
+  start_munge
+  start_slurm
+  start_postgres
+  start_mlflow
+  write_env
+  say "up: source $DIR/env.sh"
+}
+
+stop_pidfile() {  # stop_pidfile NAME PIDFILE [group]: TERM, then KILL after 15 s
+  local name=$1 file=$2 pid
+  alive "$file" || { rm -f "$file"; return 0; }
+  pid="$(head -1 "$file")"
+  if [ "${3:-}" = group ]; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; else kill -TERM "$pid"; fi
+  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$file"
+  say "$name stopped"
+}
+
+down() {
+  [ -d "$DIR" ] || { say "nothing to stop ($DIR does not exist)"; return 0; }
+  stop_pidfile "MLflow" "$DIR/mlflow/server.pid" group
+  if alive "$DIR/postgres/data/postmaster.pid" && [ -n "$PG_BIN" ]; then
+    pg "$PG_BIN/pg_ctl" -D "$DIR/postgres/data" -m fast -w stop >/dev/null && say "PostgreSQL stopped"
+  fi
+  for n in "${NODES[@]}"; do stop_pidfile "slurmd $n" "$DIR/slurm/run/slurmd-$n.pid"; done
+  stop_pidfile slurmctld "$DIR/slurm/run/slurmctld.pid"
+  stop_pidfile slurmdbd "$DIR/slurm/run/slurmdbd.pid"
+  stop_pidfile MariaDB "$DIR/mariadb/mariadbd.pid"
+  stop_pidfile munge "$DIR/munge/munged.pid"
+  rm -f "$DIR/env.sh"
+}
+
+status() {
+  local rc=0
+  for pair in "munge:$DIR/munge/munged.pid" "MariaDB:$DIR/mariadb/mariadbd.pid" \
+      "slurmdbd:$DIR/slurm/run/slurmdbd.pid" "slurmctld:$DIR/slurm/run/slurmctld.pid" \
+      "slurmd n1:$DIR/slurm/run/slurmd-n1.pid" "slurmd n2:$DIR/slurm/run/slurmd-n2.pid" \
+      "PostgreSQL:$DIR/postgres/data/postmaster.pid" "MLflow:$DIR/mlflow/server.pid"; do
+    if alive "${pair#*:}"; then say "${pair%%:*} runs"; else say "${pair%%:*} is down"; rc=1; fi
+  done
+  return $rc
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

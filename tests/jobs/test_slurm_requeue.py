@@ -1,0 +1,122 @@
+"""A SLURM time limit that falls mid-run, the requeue that continues the job, and ``scancel``,
+on the local cluster (``make cluster-up``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.cluster import cluster_env, sacct_states, slurm_job_ids, sweep_on_slurm, wait_for
+from tests.helpers import FAST, ONE_THREAD, PROJECT_ROOT, metrics_of, run_module, train_in_process
+from tests.jobs.test_ddp import final_state
+from tests.training.test_faults import SAME
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
+
+# Long enough (mostly asleep: 0.5 s a step, 128 steps) for SLURM's time-limit signal, which
+# comes 30-60 s into a job of 2 minutes with signal_delay_s=60, to land mid-run.
+LONG = [
+    "trainer.max_epochs=16",
+    "trainer.limit_train_batches=8",
+    "callbacks.resume_checkpoint.every_n_train_steps=20",
+]
+SLOW = ["+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.5"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, str]:
+    return cluster_env()
+
+
+def test_a_time_limit_mid_run_requeues_the_job_and_it_ends_as_if_never_stopped(
+    synthetic_root: Path, tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    sweep = tmp_path / "sweep"
+    proc = sweep_on_slurm(
+        synthetic_root,
+        sweep,
+        *LONG,
+        *SLOW,
+        "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=60",
+        env=cluster,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    run_dir = sweep / "0"
+    log = (run_dir / "train.log").read_text()
+    assert "stopped by SIGUSR2 (the job's time limit)" in log  # the signal came mid-run
+    assert "requeued: started again, it continues from last.ckpt" in log
+    assert "continuing from" in log
+    (job,) = slurm_job_ids(sweep)
+    runs = subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job],
+        env={**os.environ, **cluster},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs  # one job, started again
+
+    resumed = metrics_of(run_dir)
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("last.ckpt")
+    never_stopped = train_in_process(synthetic_root, tmp_path / "never", *LONG)
+    for key in SAME:
+        assert resumed[key] == never_stopped[key], key
+    a, b = final_state(run_dir), final_state(tmp_path / "never")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the weights differ"
+
+
+def test_scancel_leaves_the_run_interrupted_and_resumable(
+    synthetic_root: Path, tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    sweep = tmp_path / "sweep"
+    cmd = [
+        "seqmnist.train",
+        "-m",
+        f"data.root={synthetic_root}",
+        f"hydra.sweep.dir={sweep}",
+        *FAST,
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=null",
+        *LONG,
+        *SLOW,
+    ]
+    env = {**os.environ, **ONE_THREAD, **cluster, "PYTHONUNBUFFERED": "1"}
+    sweeping = subprocess.Popen(
+        [sys.executable, "-m", *cmd],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=(tmp_path / "sweep.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        last = sweep / "0" / "checkpoints" / "last.ckpt"
+        wait_for(last.is_file, 120, "a mid-run last.ckpt")
+        (job,) = slurm_job_ids(sweep)
+        subprocess.run(["scancel", job], env=env, check=True)
+        sweeping.wait(timeout=120)
+    finally:
+        if sweeping.poll() is None:
+            os.killpg(sweeping.pid, signal.SIGKILL)
+    stopped = metrics_of(sweep / "0")
+    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"]
+    assert "resume=" in stopped["error"]
+    time.sleep(1)
+    assert sacct_states([job], cluster)[job].startswith("CANCELLED")
+
+    again = run_module(
+        "seqmnist.train", f"resume={sweep / '0'}", "+callbacks.slow=null", env=ONE_THREAD
+    )
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert metrics_of(sweep / "0")["status"] == "completed"
