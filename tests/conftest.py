@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from .cluster import cluster_env
 from .helpers import REAL_DATA_ROOT, drawn_digit, train_in_process, write_dataset
 
 
@@ -118,3 +119,10 @@ def pictures(tmp_path: Path) -> dict[str, Path]:
 
 
 # -- preprocessing -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster() -> dict[str, str]:
+    """The local cluster's environment (tests/cluster.py): skips, or fails under
+    SEQMNIST_REQUIRE_CLUSTER=1, when it is not up."""
+    return cluster_env()

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from tests.cluster import (
-    cluster_env,
     down_slurm_conf,
     sacct_states,
     slurm_job_ids,
@@ -24,11 +23,6 @@ from tests.training.test_faults import SAME
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu"]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> dict[str, str]:
-    return cluster_env()
 
 
 def test_a_sweep_runs_as_sbatch_jobs_and_a_failing_job_is_reported(

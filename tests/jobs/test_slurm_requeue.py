@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cluster import cluster_env, sacct_states, slurm_job_ids, sweep_on_slurm, wait_for
+from tests.cluster import sacct_states, slurm_job_ids, sweep_on_slurm, wait_for
 from tests.helpers import FAST, ONE_THREAD, PROJECT_ROOT, metrics_of, run_module, train_in_process
 from tests.jobs.test_ddp import final_state
 from tests.training.test_faults import SAME
@@ -28,11 +28,6 @@ LONG = [
     "callbacks.resume_checkpoint.every_n_train_steps=20",
 ]
 SLOW = ["+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.5"]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> dict[str, str]:
-    return cluster_env()
 
 
 def test_a_time_limit_mid_run_requeues_the_job_and_it_ends_as_if_never_stopped(
