@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import FAST, ONE_THREAD, PROJECT_ROOT, run_module
+from tests.helpers import PROJECT_ROOT, run_sweep
 
 ENV_FILE = PROJECT_ROOT / "outputs" / "cluster" / "env.sh"
 KEYS = ("SLURM_CONF", "SEQMNIST_PG_URL", "MLFLOW_TRACKING_URI")
@@ -88,17 +88,7 @@ def sweep_on_slurm(
     root: Path, sweep: Path, *args: str, env: dict[str, str], timeout: float = 400
 ) -> subprocess.CompletedProcess:
     """``python -m seqmnist.train -m`` with each job an sbatch job of the local cluster."""
-    return run_module(
-        "seqmnist.train",
-        "-m",
-        f"data.root={root}",
-        f"hydra.sweep.dir={sweep}",
-        *FAST,
-        *SLURM,
-        *args,
-        env={**ONE_THREAD, **env},
-        timeout=timeout,
-    )
+    return run_sweep(*SLURM, *args, root=root, sweep_dir=sweep, env=env, timeout=timeout)
 
 
 def sacct_states(job_ids: list[str], env: dict[str, str]) -> dict[str, str]:

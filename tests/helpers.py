@@ -291,8 +291,15 @@ def run_module(
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def run_sweep(*args: str, root: Path, sweep_dir: Path) -> subprocess.CompletedProcess:
-    """``python -m seqmnist.train -m`` over tiny data into ``sweep_dir`` (``-m`` goes first)."""
+def run_sweep(
+    *args: str,
+    root: Path,
+    sweep_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """``python -m seqmnist.train -m`` over tiny data into ``sweep_dir`` (``-m`` goes first),
+    on one thread; ``env`` adds to the environment."""
     return run_module(
         "seqmnist.train",
         "-m",
@@ -300,7 +307,8 @@ def run_sweep(*args: str, root: Path, sweep_dir: Path) -> subprocess.CompletedPr
         f"hydra.sweep.dir={sweep_dir}",
         *FAST,
         *args,
-        env=ONE_THREAD,
+        env={**ONE_THREAD, **(env or {})},
+        timeout=timeout,
     )
 
 
