@@ -46,7 +46,7 @@ from seqmnist.models import count_parameters, describe
 from seqmnist.shell import exit_on_error, fail, hydra_command
 from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
 from seqmnist.training.config import validate
-from seqmnist.training.faults import StopRequest
+from seqmnist.training.faults import StopRequest, last_logged
 from seqmnist.training.settings import net_of, run_settings
 
 log = logging.getLogger("seqmnist.train")
@@ -146,9 +146,8 @@ def fit_and_test(
     metrics["world_size"] = trainer.world_size
     metrics["nodes"] = rank_nodes(trainer)  # a collective: every rank gets here
     metric = str(cfg.optimized_metric)
-    best = trainer.callback_metrics.get(metric)
     metrics["optimized_metric"] = metric
-    metrics[metric] = float(best) if best is not None else None
+    metrics[metric] = last_logged(trainer, metric)
 
     ckpt_cb = trainer.checkpoint_callback
     best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""

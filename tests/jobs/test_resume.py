@@ -31,6 +31,21 @@ def test_resume_can_train_longer(trained_run: Path, tmp_path: Path) -> None:
     assert metrics_of(run_dir)["epochs"] == 2 and metrics_of(run_dir)["max_epochs"] == 2
 
 
+def test_a_run_resumed_after_its_last_validation_still_reports_its_best(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """A job stopped after its last validation (a SLURM time limit during the test, say)
+    resumes from a checkpoint with no epoch left to run: its figures come from it."""
+    run_dir = copy_run(trained_run, tmp_path / "run")
+    before = metrics_of(run_dir)
+    assert before["val/acc_best"] is not None
+    assert resume(run_dir, tmp_path / "again") == 0
+    after = metrics_of(run_dir)
+    assert after["epochs"] == before["epochs"] and after["status"] == "completed"
+    assert after["val/acc_best"] == before["val/acc_best"]
+    assert after["test/acc"] == before["test/acc"]
+
+
 def test_a_run_saved_in_an_earlier_format_resumes(trained_run: Path, tmp_path: Path) -> None:
     """Run dirs from before seqmnist.data/models/training/runs name the old class paths, and
     lack the keys added since (seqmnist.core.compat)."""

@@ -183,6 +183,43 @@ def test_a_tracking_server_that_is_down_stops_the_run_with_the_fix() -> None:
         tracking.prepare(cfg.logger)
 
 
+def test_a_job_that_loses_the_race_to_create_the_experiment_finds_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs of a sweep both see no experiment; the second one's creation is refused.
+    It must go on into the experiment made, not lose its params (seen on a server)."""
+    cfg = compose_config(
+        "logger=mlflow", f"logger.mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"
+    )
+    tracking.prepare(cfg.logger)  # the first job
+    client = mlflow.tracking.MlflowClient(tracking_uri=cfg.logger.mlflow.tracking_uri)
+    made = client.get_experiment_by_name(cfg.logger.mlflow.experiment_name)
+    assert made is not None
+    # The second job looked before the first one created it.
+    monkeypatch.setattr(mlflow.tracking.MlflowClient, "get_experiment_by_name", lambda *a: None)
+    tracking.prepare(cfg.logger)
+    monkeypatch.undo()
+    assert [e.experiment_id for e in client.search_experiments() if e.name != "Default"] == [
+        made.experiment_id
+    ]
+
+
+def test_a_tracker_that_refuses_the_params_stops_the_run(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a resumed run's changed param is let pass (MLflow keeps the first value)."""
+    from mlflow.exceptions import MlflowException
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise MlflowException("the server is read-only", error_code="PERMISSION_DENIED")
+
+    monkeypatch.setattr("lightning.pytorch.loggers.MLFlowLogger.log_hyperparams", refused)
+    with pytest.raises(MlflowException, match="read-only"):
+        train_in_process(
+            synthetic_root, tmp_path / "run", "logger=mlflow", f"paths.log_dir={tmp_path}"
+        )
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_a_sweeps_jobs_share_one_experiment_named_after_it(

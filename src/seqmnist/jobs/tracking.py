@@ -131,7 +131,9 @@ def prepare(logger_cfg: DictConfig | None) -> None:
     A tracker chosen without its package stops the run here with the fix. The jobs of a
     parallel sweep start together, and each would otherwise create the SQLite schema and
     the sweep's experiment at the same moment (one of them then fails on a unique-name
-    error): one job at a time does it here, under a lock beside the database.
+    error): one job at a time does it here, under a lock beside the database. A server
+    refuses the second creation of a name (RESOURCE_ALREADY_EXISTS) to whichever job comes
+    second, on another machine perhaps: that job finds the experiment made.
     """
     for name in ("mlflow", "wandb"):
         if _chosen(logger_cfg, name) is not None and importlib.util.find_spec(name) is None:
@@ -143,17 +145,28 @@ def prepare(logger_cfg: DictConfig | None) -> None:
     uri = str(node.get("tracking_uri") or "") if node is not None else ""
     if served(uri):
         check_server(uri)
-    if not uri.startswith(SQLITE):
-        return  # no MLflow, or a server: it serialises the creation itself
+        _create_experiment(uri, node)
+    elif uri.startswith(SQLITE):
+        db = Path(uri[len(SQLITE) :])
+        with _file_lock(db.with_name(db.name + ".lock")):
+            _create_experiment(uri, node)  # the client creates or upgrades the schema
+
+
+def _create_experiment(uri: str, node: DictConfig) -> None:
+    """The run's experiment, made unless it exists (by another job of the sweep, maybe just
+    now: the MLFlowLogger would then lose the race and, with it, the run's params)."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    db = Path(uri[len(SQLITE) :])
-    with _file_lock(db.with_name(db.name + ".lock")):
-        client = MlflowClient(tracking_uri=uri)  # creates or upgrades the schema
-        if client.get_experiment_by_name(str(node.experiment_name)) is None:
-            client.create_experiment(
-                str(node.experiment_name), artifact_location=node.get("artifact_location")
-            )
+    client = MlflowClient(tracking_uri=uri)
+    name = str(node.experiment_name)
+    if client.get_experiment_by_name(name) is not None:
+        return
+    try:
+        client.create_experiment(name, artifact_location=node.get("artifact_location"))
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def run_ids(loggers: list[Logger]) -> dict[str, str]:
@@ -179,14 +192,21 @@ def continue_runs(cfg: DictConfig, ids: dict[str, str]) -> None:
 
 def log_settings(loggers: list[Logger], settings: dict[str, Any]) -> None:
     """Each logger's hyper-parameters. A resumed MLflow run keeps the params it was started
-    with: MLflow refuses to change a param (``resume=RUN trainer.max_epochs=30``)."""
+    with: MLflow refuses to change a param (``resume=RUN trainer.max_epochs=30``). Any other
+    failure stops the run: a tracked run without its params is no use for comparison."""
     for lg in loggers:
         try:
             lg.log_hyperparams(settings)
         except Exception as e:
-            if not isinstance(lg, MLFlowLogger):
+            if not (isinstance(lg, MLFlowLogger) and _param_changed(e)):
                 raise
             log.warning(f"MLflow keeps the params this run started with: {e}")
+
+
+def _param_changed(e: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(e, MlflowException) and e.error_code == "INVALID_PARAMETER_VALUE"
 
 
 def _end_wandb_run(lg: WandbLogger, exit_code: int = 0) -> None:

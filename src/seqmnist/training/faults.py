@@ -161,6 +161,23 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def logged(trainer: L.Trainer) -> dict[str, float]:
+    """The scalar figures the run has logged so far (``trainer.callback_metrics``)."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def last_logged(trainer: L.Trainer, key: str) -> float | None:
+    """A figure the run logged: in this fit, else in the checkpoint it was restored from
+    (a run resumed after its last validation runs no epoch, so logs nothing anew)."""
+    value = trainer.callback_metrics.get(key)
+    if value is not None:
+        return float(value)
+    for cb in trainer.callbacks:
+        if isinstance(cb, FaultTolerance) and key in cb.restored_metrics:
+            return cb.restored_metrics[key]
+    return None
+
+
 class FaultTolerance(L.Callback):
     """RNG state in every checkpoint, and a clean stop with a checkpoint on a signal.
 
@@ -180,6 +197,8 @@ class FaultTolerance(L.Callback):
         self._pending: dict[str, Any] | None = None
         self._trainer: L.Trainer | None = None
         self.saved_on_signal: str | None = None
+        # The logged figures of the checkpoint this run was restored from (see logged).
+        self.restored_metrics: dict[str, float] = {}
 
     # -- generators ------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -191,14 +210,18 @@ class FaultTolerance(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         states = rng_states(self._device())
         trainer = self._trainer
+        # The figures logged so far (val/acc_best, ...): a run restored from a checkpoint
+        # taken after its last validation trains no further epoch, so logs none of them.
+        metrics = logged(trainer) if trainer is not None else {}
         if trainer is None or trainer.world_size == 1:
-            return {"rng": states}
+            return {"rng": states, "metrics": metrics}
         # Every rank builds the checkpoint; rank 0 writes it, with all ranks' generators.
         gathered: list[Any] = [None] * trainer.world_size
         torch.distributed.all_gather_object(gathered, states)
-        return {"rng_per_rank": gathered}
+        return {"rng_per_rank": gathered, "metrics": metrics}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored_metrics = dict(state_dict.get("metrics") or {})
         per_rank = state_dict.get("rng_per_rank")
         if per_rank is None:
             self._pending = state_dict.get("rng")
