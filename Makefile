@@ -14,7 +14,7 @@ export SEQMNIST_DATA_ROOT ?= $(abspath ../shared/data)
 endif
 
 .PHONY: help install install-extras browser train test test-fast lint format tensorboard sweep \
-	report results results-table evaluate predict export export-parity demo mlflow bench bench-accuracy \
+	report results results-table results-anytime evaluate predict export export-parity demo mlflow bench bench-accuracy bench-early-exit \
 	search-compare dashboard gpu-check cluster-up cluster-down clean
 
 help:  ## list the targets
@@ -113,18 +113,24 @@ RESULTS_SEEDS ?= 0,1,2
 RESULTS_LAUNCHER ?= $(LAUNCHER)
 
 # The table is built even when a job failed; the target then exits 1.
-results: install  ## CPU experiments x seeds 0,1,2 (~45 min on 2 cores), then the README table
+results: install  ## CPU experiments x seeds 0,1,2 (~1 h on 2 cores), then the README tables
 	@dir="$(NEW_SWEEP_DIR)"; status=0; \
 	echo "results: sweep dir $$dir"; \
 	$(PY) -m seqmnist.train -m experiment=$(RESULTS_EXPERIMENTS) seed=$(RESULTS_SEEDS) \
 		$(RESULTS_LAUNCHER) trainer.enable_progress_bar=false callbacks.model_summary=null \
 		"hydra.sweep.dir=$$dir" $(ARGS) || status=$$?; \
 	$(PY) -m seqmnist.results "$$dir" --readme README.md || status=$$?; \
+	$(PY) -m seqmnist.results "$$dir" --anytime --readme README.md || status=$$?; \
 	exit $$status
 
 results-table: install  ## rebuild the README table only: make results-table DIRS="<sweep dir> ..."
 	@test -n "$(DIRS)" || { echo "usage: make results-table DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
 	$(PY) -m seqmnist.results $(DIRS) --readme README.md
+
+# Early exit over the test set for every run of the sweeps (a forward pass each, ~10 s a run).
+results-anytime: install  ## rebuild the README's answering-early table: make results-anytime DIRS="<sweep dir> ..."
+	@test -n "$(DIRS)" || { echo "usage: make results-anytime DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
+	$(PY) -m seqmnist.results $(DIRS) --anytime --readme README.md
 
 # The pruning measurement of the README: the same seeded search with each pruner, one after the
 # other (each runs two trials at a time on the two cores), then one table comparing them.
@@ -196,6 +202,10 @@ cluster-down:  ## stop what cluster-up started (by pid)
 
 bench: install  ## training throughput: Lightning path vs a plain PyTorch loop (outputs/bench/)
 	$(PY) -m seqmnist.bench $(ARGS)
+
+bench-early-exit: install  ## predict's images/s with early exit vs all rows: make bench-early-exit CKPT=<run> [ARGS="--threshold 0.99"]
+	@test -n "$(CKPT)" || { echo "usage: make bench-early-exit CKPT=<run dir or .ckpt> [ARGS=\"--threshold P\"]"; exit 2; }
+	$(PY) -m seqmnist.bench.early_exit --ckpt "$(CKPT)" --root "$${SEQMNIST_DATA_ROOT:-data}" $(ARGS)
 
 gpu-check: install  ## on a GPU machine: fp16/bf16 on cuDNN, device-resident data, NCCL, bench (pass/fail table)
 	$(PY) -m seqmnist.bench.gpu_check

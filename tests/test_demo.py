@@ -50,8 +50,9 @@ def test_the_handlers_answer_pictures_and_explain_the_rest(
     ckpt: Path, test_digit: Path, pictures: dict, tmp_path: Path
 ) -> None:
     demo = Demo(load_predictor(ckpt), tmp_path)
-    status, top, seen, gif, fig, slider, reading = demo.outputs(str(test_digit))
+    status, top, seen, gif, fig, slider, reading, early = demo.outputs(str(test_digit))
     assert "read in" in status and len(top) == 3 and seen.size == (280, 280)
+    assert early.startswith("Early exit at p >= 0.99: answers **")
     assert Path(gif).is_file() and slider["maximum"] == 28 and reading.steps == 28
     frame, curve, text = demo.after(reading, 7)
     assert frame.size == (280, 280) and curve is not None and "After 7 of 28 rows" in text
@@ -82,9 +83,38 @@ def test_a_huge_upload_is_refused_and_old_readings_are_deleted(
     assert "6000x5000 pixels (30 MP)" in status and "scale the picture down" in status
     assert rest[0] is None
     for _ in range(Demo.KEEP_GIFS + 3):
-        *_, gif, _fig, _slider, _reading = demo.outputs(str(test_digit))
+        *_, gif, _fig, _slider, _reading, _early = demo.outputs(str(test_digit))
     gifs = sorted((tmp_path / "work").glob("reading-*.gif"))
     assert len(gifs) == Demo.KEEP_GIFS and Path(gif) in gifs
+
+
+def test_the_page_says_at_which_row_early_exit_answers(
+    ckpt: Path, test_digit: Path, tmp_path: Path
+) -> None:
+    demo = Demo(load_predictor(ckpt), tmp_path, threshold=0.5)
+    *_, reading, early = demo.outputs(str(test_digit))
+    k = reading.answer_step(0.5)
+    assert f"after row **{k}** of 28" in early
+    # The row found is the first whose top probability reaches the threshold.
+    top = reading.step_probabilities.max(-1)
+    assert (k == 28 or top[k - 1] >= 0.5) and all(top[: k - 1] < 0.5)
+    # Moving the page's threshold: 1 reads every row; the chart marks the row it answers at.
+    fig, text = demo.rethreshold(reading, 1.0)
+    assert "after row **28** of 28" in text
+    marks = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert "answers (p >= 1)" in marks
+    # The same threshold from the page's first reading on (the Read-it button passes it).
+    *_, early = demo.outputs(str(test_digit), 1.0)
+    assert "after row **28** of 28" in early
+
+
+@pytest.mark.parametrize("value", ["0", "1.2"])
+def test_demo_refuses_a_threshold_outside_0_1(
+    ckpt: Path, value: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["--ckpt", str(ckpt), "--threshold", value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threshold=" in err[0] and "(0, 1]" in err[0]
 
 
 def test_demo_refuses_a_bad_checkpoint_in_one_line(tmp_path: Path, capsys) -> None:
@@ -223,9 +253,11 @@ def test_a_digit_drawn_with_the_mouse_is_read(browser, page: str, tmp_path: Path
     status = wait_status(browser, By, WebDriverWait, "read in")
     seconds = time.perf_counter() - started
     assert len(top_classes(browser, By, WebDriverWait)) == 3
+    early = browser.find_element(By.ID, "early").text
+    assert early.startswith("Early exit at p >= 0.99: answers ") and " of 28" in early
     shot = os.environ.get("SEQMNIST_DEMO_SCREENSHOT") or str(tmp_path / "drawn.png")
     browser.save_screenshot(shot)
-    print(f"drawn digit answered on the page in {seconds:.2f} s: {status}")
+    print(f"drawn digit answered on the page in {seconds:.2f} s: {status} | {early}")
 
 
 @pytest.mark.e2e

@@ -44,9 +44,12 @@ def read_csv(path: Path) -> list[list[str]]:
 
 def check_reports(out: Path, n: int, classes: list[str]) -> dict:
     """Every file is there and the numbers agree with each other; returns eval.json."""
-    for name in FILES.values():
-        assert (out / name).exists(), name
     result = json.loads((out / "eval.json").read_text())
+    # Early exit's files for a model with early answers (unidirectional) only.
+    early = result["anytime"]["early_answer"]
+    assert set(result["files"]) == {k for k in FILES if early or not k.startswith("early_exit")}
+    for name in FILES.values():
+        assert (out / name).exists() == (early or not name.startswith("early_exit")), name
     m = result["metrics"]
     cm = np.array(m["confusion_matrix"])
     assert cm.shape == (len(classes), len(classes))
@@ -89,6 +92,8 @@ def check_reports(out: Path, n: int, classes: list[str]) -> dict:
     probs = [e["probability"] for e in errors]
     assert probs == sorted(probs, reverse=True)
     assert len(read_csv(out / "confident_errors.csv")) == len(errors) + 1
+    if early:
+        check_early_exit(out, result)
     for png in ("confusion_matrix.png", "confusion_matrix_normalized.png", "anytime.png"):
         with Image.open(out / png) as im:
             assert im.format == "PNG" and im.width > 300 and im.height > 200, png
@@ -98,6 +103,29 @@ def check_reports(out: Path, n: int, classes: list[str]) -> dict:
         assert f"| {c} | " in md
     assert f"{100 * m['accuracy']:.2f}%" in md
     return result
+
+
+def check_early_exit(out: Path, result: dict) -> None:
+    """Early exit's numbers: fewer steps at lower thresholds, a threshold of 1 reads all."""
+    exits, t = result["early_exit"], result["data"]["seq_len"]
+    points = exits["points"]
+    assert [q["threshold"] for q in points] == sorted(q["threshold"] for q in points)
+    means = [q["mean_steps"] for q in points]
+    assert means == sorted(means)  # a lower threshold never reads more
+    assert all(1 <= q["mean_steps"] <= t and 1 <= q["p90_steps"] <= t for q in points)
+    last = points[-1]
+    assert last["threshold"] == 1.0 and last["mean_steps"] == t and last["early_share"] == 0
+    assert last["accuracy"] == pytest.approx(result["metrics"]["accuracy"], abs=1e-9)
+    n_classes = len(result["data"]["class_names"])
+    assert 1 / n_classes <= exits["area"] <= 1
+    rows = read_csv(out / "early_exit.csv")
+    assert rows[0][:3] == ["model", "threshold", "accuracy"]
+    mine = [r for r in rows[1:] if r[0] == exits["model"]]
+    assert len(mine) == len(points)
+    assert sum(int(r[6]) for r in mine) == len(exits["frontier"])
+    with Image.open(out / "early_exit.png") as im:
+        assert im.format == "PNG" and im.width > 300
+    assert "## Early exit" in (out / "eval.md").read_text()
 
 
 def test_evaluate_a_checkpoint(
@@ -133,6 +161,88 @@ def test_evaluate_a_checkpoint(
         assert tag in tags["scalars"], (tag, tags["scalars"])
     assert len(acc.Scalars("eval/anytime_acc")) == 28
     assert {"eval/confusion_matrix", "eval/anytime", "eval/confident_errors"} <= set(tags["images"])
+    assert "eval/early_exit_area" in tags["scalars"] and "eval/early_exit" in tags["images"]
+    assert "early exit, " in out_text and "frontier area" in out_text
+
+
+def test_early_exit_beside_another_model(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    other = make_checkpoint(tmp_path / "other" / "m.ckpt", synthetic_root, cell="gru")
+    out = tmp_path / "eval"
+    result = evaluate(
+        f"ckpt_path={trained_run}",
+        f"compare={other}",
+        "early_exit.thresholds=[0.1,0.5,0.9,1]",
+        "early_exit.budget=14",
+        out=out,
+        root=synthetic_root,
+    )
+    exits, theirs = result["early_exit"], result["early_exit"]["compare"]
+    assert theirs["checkpoint"] == str(other.resolve()) and "gru" in theirs["model"]
+    assert theirs["model"] == "m: gru 1x8, trained on its last step"
+    assert [q["threshold"] for q in theirs["points"]] == [0.1, 0.5, 0.9, 1.0]
+    assert theirs["points"][-1]["mean_steps"] == 28
+    # Threshold 0.1 answers at the first row (of 10 classes the top one always has 0.1+).
+    within = exits["within_budget"]
+    assert within is not None and within["mean_steps"] <= 14
+    assert within["accuracy"] == max(
+        q["accuracy"] for q in exits["points"] if q["mean_steps"] <= 14
+    )
+    models = {r[0] for r in read_csv(out / "early_exit.csv")[1:]}
+    assert models == {exits["model"], theirs["model"]}
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("early_exit.thresholds=[0.5,1.5]", "early_exit.thresholds=1.5"),
+        ("early_exit.thresholds=[0]", "early_exit.thresholds=0"),
+        ("early_exit.thresholds=[]", "must be a list"),
+        ("early_exit.budget=0", "early_exit.budget=0"),
+        ("early_exit.thresholds=high", "early_exit.thresholds='high'"),
+    ],
+)
+def test_bad_early_exit_settings_are_refused(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path, override: str, says: str
+) -> None:
+    from seqmnist.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        evaluate(f"ckpt_path={trained_run}", override, out=tmp_path / "e", root=synthetic_root)
+    assert not (tmp_path / "e" / "eval.json").exists()
+
+
+def test_one_threshold_may_be_given_as_a_number(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    result = evaluate(
+        f"ckpt_path={trained_run}",
+        "early_exit.thresholds=0.9",
+        out=tmp_path / "e",
+        root=synthetic_root,
+    )
+    assert [q["threshold"] for q in result["early_exit"]["points"]] == [0.9]
+    # The default budget: 5/7 of the steps, 20 of 28 rows.
+    assert result["early_exit"]["budget"] == pytest.approx(20)
+
+
+def test_compare_with_a_model_of_other_steps_is_refused(
+    trained_run: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    from seqmnist.core.errors import ConfigError
+
+    pixels = make_checkpoint(tmp_path / "px" / "m.ckpt", synthetic_root, sequence="pixel")
+    with pytest.raises(ConfigError, match="reads 784 steps, this 28"):
+        evaluate(
+            f"ckpt_path={trained_run}", f"compare={pixels}", out=tmp_path / "e", root=synthetic_root
+        )
+    bi = make_checkpoint(tmp_path / "bi" / "m.ckpt", synthetic_root, bidirectional=True)
+    with pytest.raises(ConfigError, match="the model evaluated is bidirectional"):
+        evaluate(
+            f"ckpt_path={bi}", f"compare={trained_run}", out=tmp_path / "e", root=synthetic_root
+        )
+    assert not (tmp_path / "e" / "eval.json").exists()
 
 
 @pytest.mark.e2e

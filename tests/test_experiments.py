@@ -25,6 +25,7 @@ EXPECTED = {
     "tutorial_rnn": ("mnist", "row", "rnn"),
     "tutorial_gru3": ("mnist", "row", "gru"),
     "best_row": ("mnist", "row", "lstm"),
+    "anytime_row": ("mnist", "row", "lstm"),
     "fashion_row": ("fashion_mnist", "row", "lstm"),
     "smnist_lstm": ("mnist", "pixel", "lstm"),
     "psmnist_lstm": ("mnist", "permuted", "lstm"),
@@ -117,6 +118,13 @@ def test_fashion_row_is_best_row_on_fashion_mnist_two_layers_no_augmentation() -
         "results",
     )
     assert plain(fashion, *differs) == plain(best, *differs)
+
+
+def test_anytime_row_is_best_row_trained_on_every_row() -> None:
+    best, anytime = compose_experiment("best_row"), compose_experiment("anytime_row")
+    assert best.model.anytime_loss == "none" and anytime.model.anytime_loss == "linear"
+    differs = ("model.anytime_loss", "tags", "results")
+    assert plain(anytime, *differs) == plain(best, *differs)
 
 
 def test_tutorial_gru3_builds_tf1s_cells_and_optimizer() -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from seqmnist.data import DATASETS
 from seqmnist.inference.checkpoints import load_model
+from seqmnist.inference.predictor import load_predictor
 from seqmnist.predict import main
 from tests.helpers import best_ckpt, make_checkpoint
 
@@ -116,6 +117,54 @@ def test_directory_input_and_fashion_class_names(
     for r in doc["results"]:
         assert len(r["top"]) == 5
         assert all(t["class"] == names[t["index"]] for t in r["top"])
+
+
+def test_a_threshold_answers_early_and_says_after_which_row(
+    synthetic_root: Path, pictures: dict[str, Path], tmp_path: Path, predict
+) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", synthetic_root, hidden=16)
+    inputs = [str(pictures["digit"]), str(pictures["big"])]
+    full = json.loads(predict("--ckpt", str(ckpt), "--json", *inputs).stdout)["results"]
+    everything = json.loads(
+        predict("--ckpt", str(ckpt), "--json", "--threshold", "1", *inputs).stdout
+    )["results"]
+    for a, b in zip(full, everything, strict=True):
+        # A threshold of 1 reads every row: the answer of the whole image.
+        assert b["early_exit"] == {"threshold": 1.0, "step": 28, "steps": 28}
+        assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
+        assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=1e-5)
+    # A threshold between two of the image's per-step confidences: the row said is the
+    # first whose top probability reaches it, as a full pass sees it.
+    seen = tmp_path / "seen"
+    predict("--ckpt", str(ckpt), "--save-preprocessed", str(seen), inputs[0])
+    image = np.asarray(Image.open(seen / "digit.png"))
+    conf = load_predictor(ckpt).answer(image[None]).step_probabilities[0].max(-1)
+    values = np.unique(conf)
+    threshold = float((values[len(values) // 2] + values[len(values) // 2 - 1]) / 2)
+    expected = int(np.argmax(conf >= threshold)) + 1
+    proc = predict("--ckpt", str(ckpt), "--threshold", str(threshold), inputs[0])
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith(inputs[0]))
+    assert f"[answered after row {expected} of 28 at p >= {threshold:g}]" in line
+
+
+@pytest.mark.parametrize(("value", "says"), [("1.5", "--threshold=1.5"), ("0", "--threshold=0.0")])
+def test_a_threshold_outside_0_1_is_one_error(
+    trained_run: Path, pictures: dict[str, Path], predict, value: str, says: str
+) -> None:
+    proc = predict("--ckpt", str(trained_run), "--threshold", value, str(pictures["digit"]))
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "(0, 1]" in lines[0]
+
+
+def test_a_threshold_for_a_bidirectional_model_is_refused(
+    synthetic_root: Path, pictures: dict[str, Path], tmp_path: Path, predict
+) -> None:
+    ckpt = make_checkpoint(tmp_path / "bi.ckpt", synthetic_root, bidirectional=True)
+    proc = predict("--ckpt", str(ckpt), "--threshold", "0.9", str(pictures["digit"]))
+    assert proc.returncode == 2
+    assert "bidirectional" in proc.stderr and "Fix: drop --threshold" in proc.stderr
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "random_dict"])

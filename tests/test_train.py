@@ -87,6 +87,11 @@ def test_same_seed_same_metrics(synthetic_root: Path, tmp_path: Path) -> None:
         ("dropout=1.5", ["dropout=1.5", "[0, 1)"]),
         ("data.sequence=patch data.step_pixels=5", ["data.step_pixels=5", "divide"]),
         ("trainer.precision=banana", ["trainer", "banana", "Fix:"]),
+        ("model.anytime_loss=cubic", ["model.anytime_loss='cubic'", "'uniform', 'linear'"]),
+        (
+            "bidirectional=true model.anytime_loss=uniform",
+            ["bidirectional", "model.anytime_loss=uniform", "Fix:"],
+        ),
     ],
 )
 def test_bad_value_is_one_message_exit_2_and_nothing_written(

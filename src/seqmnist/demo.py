@@ -2,7 +2,9 @@
 
 Draw a digit (or upload a picture); the page shows the 28x28 the model reads, its top 3
 classes, and the anytime view: the answer after each row read, as a curve and as the rows
-lighting up while they are read (a slider steps through them). PATH is a ``.ckpt``, a
+lighting up while they are read (a slider steps through them). Early exit: the page says
+after which row the model would answer at a probability threshold (``--threshold``, and a
+slider on the page) and marks that row in the curve. PATH is a ``.ckpt``, a
 training run's directory, or an exported ``.onnx``/``.pt`` (anything ``predict`` takes);
 checkpoints are loaded with ``weights_only=True``. Needs the demo extra (Gradio):
 ``make install-extras``.
@@ -23,6 +25,7 @@ from typing import Any
 
 from seqmnist.core.errors import ConfigError
 from seqmnist.data.images import MAX_FILE_BYTES, BlankImageError, ImageInputError
+from seqmnist.inference.early_exit import check_threshold, is_sure, reads_everything
 from seqmnist.inference.predictor import Predictor, load_predictor
 from seqmnist.inference.reading import Reading, curve, enlarged, frame, read, write_gif
 from seqmnist.shell import command
@@ -46,10 +49,38 @@ class Demo:
     # Reading GIFs kept on disk: the page shows the newest; older ones are deleted.
     KEEP_GIFS = 8
 
-    def __init__(self, predictor: Predictor, work_dir: Path) -> None:
+    def __init__(self, predictor: Predictor, work_dir: Path, threshold: float = 0.99) -> None:
         self.predictor = predictor
         self.work_dir = work_dir
+        self.threshold = check_threshold(threshold, "--threshold")
         self.count = 0
+
+    def early(self, reading: Reading | None, threshold: float | None = None) -> str:
+        """The sentence saying after which step early exit at ``threshold`` answers."""
+        if reading is None:
+            return ""
+        if not reading.anytime:
+            return "No early answer: this model is bidirectional (every step has read everything)."
+        p = self.threshold if threshold is None else float(threshold)
+        k = reading.answer_step(p)
+        best, prob = next(iter(reading.top(1, step=k).items()))
+        one = reading.step_name.removesuffix("s")
+        unsure = k == reading.steps and not reads_everything(p) and not is_sure(prob, p)
+        how = f" (never {100 * p:g}% sure: read to the end)" if unsure else ""
+        return (
+            f"Early exit at p >= {p:g}: answers **{best}** ({100 * prob:.1f}%) after "
+            f"{one} **{k}** of {reading.steps}{how}."
+        )
+
+    def rethreshold(
+        self, reading: Reading | None, threshold: float, steps: float | None = None
+    ) -> tuple[Any, str]:
+        """The threshold slider: the curve (with the rows slider's marker kept) and the
+        early-exit sentence at ``threshold``."""
+        if reading is None:
+            return None, ""
+        step = int(steps) if steps is not None else None
+        return curve(reading, step=step, threshold=threshold), self.early(reading, threshold)
 
     def new_gif(self) -> Path:
         """The path of the next reading GIF, after deleting all but the newest few."""
@@ -81,16 +112,18 @@ class Demo:
         )
         return status, reading
 
-    def outputs(self, picture: Any) -> tuple[Any, ...]:
-        """(status, top 3, what the model sees, reading GIF, curve, slider, state)."""
+    def outputs(self, picture: Any, threshold: float | None = None) -> tuple[Any, ...]:
+        """(status, top 3, what the model sees, reading GIF, curve, slider, state, early-exit
+        sentence)."""
         import gradio as gr
 
         started = time.perf_counter()
         status, reading = self.classify(picture)
         if reading is None:
-            return (status, None, None, None, None, gr.update(visible=False), None)
+            return (status, None, None, None, None, gr.update(visible=False), None, "")
+        threshold = self.threshold if threshold is None else float(threshold)
         gif = write_gif(reading, self.new_gif())
-        fig = curve(reading)
+        fig = curve(reading, threshold=threshold)
         status += f" | page ready in {1000 * (time.perf_counter() - started):.0f} ms"
         slider = gr.update(
             visible=True,
@@ -100,9 +133,20 @@ class Demo:
             step=1,
             label=f"{reading.step_name} read",
         )
-        return (status, reading.top(3), enlarged(reading.image), str(gif), fig, slider, reading)
+        return (
+            status,
+            reading.top(3),
+            enlarged(reading.image),
+            str(gif),
+            fig,
+            slider,
+            reading,
+            self.early(reading, threshold),
+        )
 
-    def after(self, reading: Reading | None, steps: float) -> tuple[Any, ...]:
+    def after(
+        self, reading: Reading | None, steps: float, threshold: float | None = None
+    ) -> tuple[Any, ...]:
         """The slider: the picture, the answer and the curve after ``steps`` steps."""
         if reading is None:
             return None, None, None
@@ -112,7 +156,7 @@ class Demo:
         text = f"After {k} of {reading.steps} {reading.step_name}: **{best}** ({100 * p:.1f}%)"
         if not reading.anytime:
             text += " (bidirectional: every step has seen the whole image)"
-        return frame(reading, k), curve(reading, step=k), text
+        return frame(reading, k), curve(reading, step=k, threshold=threshold), text
 
 
 def read_canvas(editor_value: dict[str, Any] | None) -> Any:
@@ -122,14 +166,14 @@ def read_canvas(editor_value: dict[str, Any] | None) -> Any:
     return editor_value.get("composite")
 
 
-def build_app(predictor: Predictor, work_dir: Path | None = None) -> Any:
-    """The Gradio Blocks of the page for ``predictor``."""
+def build_app(predictor: Predictor, work_dir: Path | None = None, threshold: float = 0.99) -> Any:
+    """The Gradio Blocks of the page for ``predictor``; early exit at ``threshold`` first."""
     import gradio as gr
 
     if work_dir is None:  # the page's files live as long as the page
         work_dir = Path(tempfile.mkdtemp(prefix="seqmnist-demo-"))
         atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
-    demo = Demo(predictor, Path(work_dir))
+    demo = Demo(predictor, Path(work_dir), threshold)
     data = predictor.data
     with gr.Blocks(title="seqmnist: watch a recurrent net read a digit") as app:
         gr.Markdown(
@@ -167,6 +211,16 @@ def build_app(predictor: Predictor, work_dir: Path | None = None) -> Any:
                     interactive=False,
                     elem_id="seen",
                 )
+                early = gr.Markdown(elem_id="early")
+                cutoff = gr.Slider(
+                    min(0.5, demo.threshold),  # --threshold may start below the usual range
+                    1.0,
+                    value=demo.threshold,
+                    step=0.0001,  # evaluate's grid has 0.9995 and 0.9999
+                    label="early exit: answer once the top probability reaches",
+                    elem_id="threshold",
+                    visible=predictor.anytime,
+                )
         with gr.Row():
             with gr.Column(scale=1):
                 reading_img = gr.Image(
@@ -188,10 +242,11 @@ def build_app(predictor: Predictor, work_dir: Path | None = None) -> Any:
                     elem_id="steps",
                 )
                 step_text = gr.Markdown(elem_id="step-answer")
-        outputs = [status, top, seen, reading_img, plot, steps, state]
-        go.click(lambda v: demo.outputs(read_canvas(v)), canvas, outputs)
-        upload.upload(demo.outputs, upload, outputs)
-        steps.release(demo.after, [state, steps], [reading_img, plot, step_text])
+        outputs = [status, top, seen, reading_img, plot, steps, state, early]
+        go.click(lambda v, p: demo.outputs(read_canvas(v), p), [canvas, cutoff], outputs)
+        upload.upload(demo.outputs, [upload, cutoff], outputs)
+        steps.release(demo.after, [state, steps, cutoff], [reading_img, plot, step_text])
+        cutoff.release(demo.rethreshold, [state, cutoff, steps], [plot, early])
     return app
 
 
@@ -225,7 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (7860)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.99,
+        metavar="P",
+        help="early exit's first threshold on the page, in (0, 1] (0.99)",
+    )
     args = parser.parse_args(argv)
+    check_threshold(args.threshold, "--threshold")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
     try:
@@ -242,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     try:
-        launch(build_app(predictor), args.host, args.port)
+        launch(build_app(predictor, threshold=args.threshold), args.host, args.port)
     except OSError as e:
         raise ConfigError(
             f"cannot serve on {args.host}:{args.port} ({e}). Fix: --port N."

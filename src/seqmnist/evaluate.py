@@ -3,6 +3,8 @@
 ``PATH`` is a ``.ckpt`` file or a training run's directory (its best checkpoint is used).
 The model and the way it reads images (dataset, sequence mode, pixel order) come from the
 checkpoint; only the data location (``data.root``) is taken from this command's config.
+``compare=RUN`` puts another model's early-exit frontier beside this one's (e.g. a
+last-step-trained ``best_row`` run beside an ``anytime_row`` run).
 Reports go to this run's own directory (``outputs/evaluate/runs/<timestamp>``): see
 :mod:`seqmnist.reports.evaluation` for the files.
 """
@@ -13,10 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from seqmnist.inference.checkpoints import CheckpointError
-from seqmnist.reports.evaluation import evaluate_checkpoint
+from seqmnist.reports.evaluation import early_exit_models, evaluate_checkpoint
 from seqmnist.shell import exit_on_error, hydra_command
 
 log = logging.getLogger("seqmnist.evaluate")
@@ -32,8 +34,22 @@ def summary_lines(result: dict[str, Any], out_dir: Path) -> list[str]:
     ]
     if a["note"]:
         lines.append(a["note"])
+    for m in early_exit_models(result):
+        within = m["within_budget"]
+        best = (
+            f"{100 * within['accuracy']:.2f}% at a mean of {within['mean_steps']:.1f} "
+            f"{a['step_name']} (threshold {within['threshold']:g})"
+            if within
+            else f"no threshold reads a mean of {m['budget']:g} {a['step_name']} or fewer"
+        )
+        lines.append(f"early exit, {m['model']}: frontier area {m['area']:.4f}; {best}")
     lines.append(f"reports written to {out_dir}")
     return lines
+
+
+def plain(value: Any) -> Any:
+    """A config list as a Python list (anything else as it is)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_list(value) else value
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -52,6 +68,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         device=str(cfg.get("device", "auto")),
         num_errors=cfg.get("num_errors", 25),
         download=bool(cfg.data.get("download", True)),
+        thresholds=plain(cfg.early_exit.get("thresholds")),
+        budget=cfg.early_exit.get("budget"),
+        compare=cfg.get("compare"),
     )
     log.info(f"evaluated {result['checkpoint']}")
     for line in summary_lines(result, out_dir):

@@ -1,8 +1,8 @@
 """Classify digit pictures with a trained checkpoint.
 
 Usage:
-  python -m seqmnist.predict --ckpt PATH [--json] [--top K] [--save-preprocessed DIR]
-                             IMAGE_OR_DIR...
+  python -m seqmnist.predict --ckpt PATH [--json] [--top K] [--threshold P]
+                             [--save-preprocessed DIR] IMAGE_OR_DIR...
 
 PATH is a .ckpt file or a training run's directory (its best checkpoint is used), or a
 network exported by seqmnist.export (.onnx, or TorchScript .pt, with its .json). Each
@@ -13,7 +13,11 @@ inverted when the background is light, cropped to the digit, scaled so the longe
 in the checkpoint's own mode (rows, columns, pixels, permuted pixels or patches).
 
 Prints the top classes with probabilities per image (class names for Fashion-MNIST
-checkpoints); --json prints one JSON document instead. A blank picture, an unreadable or
+checkpoints); --json prints one JSON document instead. With --threshold P (early exit)
+each image is read step by step until its top probability reaches P, and the line says
+after which row (column, pixel, ...) it answered; with a checkpoint, images read together
+leave the batch as they answer, so fewer steps are computed (an exported .onnx/.pt computes
+every step and answers the same). A blank picture, an unreadable or
 non-image file, or an empty directory is reported as an error naming the file; the other
 inputs are still classified, and the exit status is 2 if any input failed.
 """
@@ -38,7 +42,9 @@ from seqmnist.data.images import (
     image_files,
     preprocess,
 )
-from seqmnist.inference.predictor import Predictor, load_predictor
+from seqmnist.data.sequences import STEP_NAMES
+from seqmnist.inference.early_exit import is_sure, reads_everything
+from seqmnist.inference.predictor import Predictor, load_predictor, refuse_early_exit
 from seqmnist.shell import command
 
 
@@ -87,17 +93,46 @@ def top_classes(predictor: Predictor, probs: np.ndarray, top: int) -> list[dict[
     ]
 
 
-def classify(predictor: Predictor, image: np.ndarray, top: int) -> list[dict[str, Any]]:
-    """uint8 ``(28, 28)`` -> the ``top`` most likely classes, best first."""
-    return top_classes(predictor, predictor.answer(image[None]).probabilities[0], top)
+# Images answered together: large enough to amortise each step's call, small in memory.
+BATCH = 512
+
+
+def answer_all(
+    predictor: Predictor, images: list[np.ndarray], top: int, threshold: float | None
+) -> list[dict[str, Any]]:
+    """Each image's top classes (and, under early exit, the step it answered at), in
+    batches of :data:`BATCH`."""
+    out: list[dict[str, Any]] = []
+    steps_total = predictor.data.seq_len
+    for start in range(0, len(images), BATCH):
+        batch = np.stack(images[start : start + BATCH])
+        if threshold is None:
+            probs = predictor.answer(batch).probabilities
+            out += [{"top": top_classes(predictor, p, top)} for p in probs]
+            continue
+        early = predictor.answer_early(batch, threshold)
+        for p, k in zip(early.probabilities, early.steps, strict=True):
+            out.append(
+                {
+                    "top": top_classes(predictor, p, top),
+                    "early_exit": {"threshold": threshold, "step": int(k), "steps": steps_total},
+                }
+            )
+    return out
 
 
 def run(
-    ckpt: str, inputs: list[str], top: int = 3, save_dir: str | None = None
+    ckpt: str,
+    inputs: list[str],
+    top: int = 3,
+    save_dir: str | None = None,
+    threshold: float | None = None,
 ) -> tuple[Predictor, list[dict[str, Any]]]:
     """Classify every input; one result dict per image or failed input (never raises for
-    a bad input, only for a bad model file or output folder)."""
+    a bad input, only for a bad model file, threshold or output folder)."""
     predictor = load_predictor(ckpt)
+    if threshold is not None:
+        threshold = refuse_early_exit(predictor, threshold)
     out = Path(save_dir) if save_dir else None
     if out is not None:
         try:
@@ -109,6 +144,8 @@ def run(
             ) from None
     used: set[str] = set()
     results: list[dict[str, Any]] = []
+    images: list[np.ndarray] = []
+    answered: list[dict[str, Any]] = []  # the results that wait for their answer
     for label, item in expand_inputs(inputs):
         if isinstance(item, ImageInputError):
             results.append({"input": label, "ok": False, "error": str(item)})
@@ -129,19 +166,34 @@ def run(
         except ImageInputError as e:
             results.append({"input": label, "ok": False, "error": str(e)})
             continue
-        top_k = classify(predictor, image, top)
-        result: dict[str, Any] = {"input": label, "ok": True, "top": top_k}
+        result: dict[str, Any] = {"input": label, "ok": True}
         if out is not None:
             target = out / preprocessed_name(item, used)
             Image.fromarray(image).save(target)
             result["preprocessed"] = str(target)
         results.append(result)
+        images.append(image)
+        answered.append(result)
+    for result, answer in zip(answered, answer_all(predictor, images, top, threshold), strict=True):
+        result.update(answer)
     return predictor, results
 
 
-def format_result(result: dict[str, Any]) -> str:
-    """One line: ``digit.png: 7 (0.971)  1 (0.012)  9 (0.008)``."""
+def format_result(result: dict[str, Any], step_name: str = "rows") -> str:
+    """One line: ``digit.png: 7 (0.971)  1 (0.012)  9 (0.008)``, and under early exit
+    ``  [after row 12 of 28, p >= 0.99]``."""
     ranked = "  ".join(f"{t['class']} ({t['probability']:.3f})" for t in result["top"])
+    early = result.get("early_exit")
+    if early:
+        one, thr = step_name.removesuffix("s"), early["threshold"]
+        last = early["step"] == early["steps"]
+        unsure = (
+            last and not reads_everything(thr) and not is_sure(result["top"][0]["probability"], thr)
+        )
+        ranked += (
+            f"  [answered after {one} {early['step']} of {early['steps']} at p >= {thr:g}"
+            f"{'; never that sure, so read to the end' if unsure else ''}]"
+        )
     return f"{result['input']}: {ranked}"
 
 
@@ -167,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--top", type=int, default=3, metavar="K", help="how many classes to list (default 3)"
     )
     parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="early exit: stop reading an image once its top probability reaches P, in "
+        "(0, 1] (1 reads everything), and say after which row it answered",
+    )
+    parser.add_argument(
         "--save-preprocessed",
         metavar="DIR",
         help="write the 28x28 image the model saw for each input to DIR/<name>.png",
@@ -180,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.top < 1:
         build_parser().error("--top must be at least 1")
     try:
-        predictor, results = run(args.ckpt, args.inputs, args.top, args.save_preprocessed)
+        predictor, results = run(
+            args.ckpt, args.inputs, args.top, args.save_preprocessed, args.threshold
+        )
     except SeqMNISTError as e:
         if args.json:  # the document a script reads, beside the error line
             print(json.dumps({"ok": False, "error": str(e)}, indent=2))
@@ -201,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(f"checkpoint: {predictor.path} ({predictor.describe()})", flush=True)
+        step_name = STEP_NAMES.get(predictor.data.sequence, "steps")
         # In input order; errors on stderr so a pipe of stdout holds only predictions.
         for r in results:
             if r["ok"]:
-                print(format_result(r), flush=True)
+                print(format_result(r, step_name), flush=True)
             else:
                 print(f"error: {r['error']}", file=sys.stderr, flush=True)
     if failed:

@@ -7,6 +7,10 @@ directory (``results.md``/``.csv`` are the per-job sweep report of ``seqmnist.re
 prints the table and, with ``--readme``, replaces the text between the
 ``<!-- results:start -->`` and ``<!-- results:end -->`` markers of the README.
 
+``--anytime`` builds the answering-early table instead (:mod:`seqmnist.reports.anytime`:
+each run's checkpoint read over the test set with early exit) into ``results_anytime.md`` /
+``.csv`` and, with ``--readme``, between the ``<!-- anytime:start -->`` markers.
+
 ``--list`` prints the experiments that ``make results`` runs (comma-separated), ``--catalogue
 README`` rewrites the README's list of experiments between its ``experiments`` markers.
 Exit status: 0, or 1 when no run completed or some job failed, 2 for bad arguments.
@@ -19,6 +23,8 @@ import sys
 from pathlib import Path
 
 from seqmnist.core.machine import describe as machine_description  # runs without a recorded one
+from seqmnist.data import default_data_root
+from seqmnist.reports import anytime
 from seqmnist.reports import experiments as ex
 from seqmnist.reports.tables import write_csv
 from seqmnist.shell import command
@@ -82,6 +88,36 @@ def table(sweep_dirs: list[Path], readme: Path | None) -> int:
     return 1 if result["failed"] else 0
 
 
+def anytime_table(sweep_dirs: list[Path], readme: Path | None, budget: float | None) -> int:
+    """The answering-early table of the experiments under ``sweep_dirs``."""
+    for d in sweep_dirs:
+        if not d.is_dir():
+            raise ex.ExperimentError(f"{d} is not a directory")
+    readme_text = _readme(readme) if readme is not None else None
+    if readme_text is not None:  # the markers first: a bad README costs no evaluation
+        try:
+            ex.replace_block(readme_text, "", anytime.MARKERS)
+        except ex.ExperimentError as e:
+            raise ex.ExperimentError(f"{readme}: {e}") from None
+    summaries, skipped = anytime.summarise(sweep_dirs, default_data_root(), budget)
+    for note in skipped:
+        print(f"note: skipped {note}", file=sys.stderr)
+    if not summaries:
+        print(f"error: no completed runs with a checkpoint under {sweep_dirs}", file=sys.stderr)
+        return 1
+    command_line = "python -m seqmnist.results --anytime " + " ".join(str(d) for d in sweep_dirs)
+    md = anytime.markdown(summaries, command_line, budget, skipped)
+    out_dir = sweep_dirs[0]
+    (out_dir / anytime.MD_NAME).write_text(f"# Answering early\n\n{md}")
+    write_csv(out_dir / anytime.CSV_NAME, anytime.csv_rows(summaries), anytime.CSV_COLUMNS)
+    print(md)
+    print(f"wrote {out_dir / anytime.MD_NAME}, {out_dir / anytime.CSV_NAME}")
+    if readme_text is not None and readme is not None:
+        readme.write_text(ex.replace_block(readme_text, md, anytime.MARKERS))
+        print(f"updated the answering-early table in {readme}")
+    return 0
+
+
 @command
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -97,6 +133,18 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="README",
         help="replace the table between the results markers of this file",
+    )
+    parser.add_argument(
+        "--anytime",
+        action="store_true",
+        help="build the answering-early table (early exit on the test set) instead",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="--anytime: the mean steps read allowed for the early-exit column (default: 5/7 "
+        "of each model's steps, 20 of 28 rows)",
     )
     parser.add_argument(
         "--list",
@@ -121,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.sweep_dirs:
         parser.error("give at least one SWEEP_DIR (or --list / --catalogue)")
+    if args.anytime:
+        return anytime_table(args.sweep_dirs, args.readme, args.budget)
     return table(args.sweep_dirs, args.readme)
 
 

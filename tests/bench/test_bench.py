@@ -190,3 +190,29 @@ def test_gpu_check_says_it_skipped_on_a_machine_without_cuda(capsys, monkeypatch
     out = capsys.readouterr().out
     assert out.count("| skipped | no CUDA device on this machine |") == len(gpu_check.CHECKS)
     assert "gpu-check: 6 of 6 skipped" in out
+
+
+def test_early_exit_bench_reports_each_way_on_the_test_set(
+    synthetic_root: Path, tmp_path: Path, capsys
+) -> None:
+    from seqmnist.bench import early_exit
+    from tests.helpers import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", synthetic_root, hidden=16)
+    out = tmp_path / "ee.json"
+    early_exit.main(
+        ["--ckpt", str(ckpt), "--root", str(synthetic_root), "--threshold", "0.11"]
+        + ["--rounds", "1", "--batch", "64", "--out", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert "| early exit, p >= 0.11 |" in printed and "bench: early_exit/all_rows = " in printed
+    rows = {r["way"]: r for r in json.loads(out.read_text())["rows"]}
+    whole, early = rows["all rows"], rows["early exit, p >= 0.11"]
+    assert whole["mean_steps"] == 28 == rows["step by step, all rows"]["mean_steps"]
+    assert early["mean_steps"] < 28
+    # Reading step by step to the end answers as the whole-sequence pass does.
+    assert rows["step by step, all rows"]["accuracy"] == whole["accuracy"]
+    # A bidirectional model has no early answer: one error line, status 2.
+    bi = make_checkpoint(tmp_path / "bi.ckpt", synthetic_root, bidirectional=True)
+    assert early_exit.main(["--ckpt", str(bi), "--root", str(synthetic_root)]) == 2
+    assert "bidirectional" in capsys.readouterr().err

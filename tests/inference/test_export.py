@@ -177,3 +177,23 @@ def test_a_checkpoint_predictor_is_the_checkpoints_model(checkpoints: dict) -> N
     probs, _ = reference(checkpoints["lstm-2-layers"], IMAGES[:8])
     np.testing.assert_allclose(predictor.answer(IMAGES[:8]).probabilities, probs, atol=1e-6)
     assert isinstance(predictor.loaded.model, SeqClassifier)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_model_answers_early_as_its_checkpoint(
+    checkpoints: dict, fmt: str, tmp_path: Path
+) -> None:
+    from seqmnist.inference.predictor import CheckpointPredictor
+
+    ckpt = checkpoints["lstm-2-layers"]
+    path = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    export(load_checkpoint(ckpt), fmt, path, IMAGES)
+    exported, mine = load_predictor(path), CheckpointPredictor(ckpt)
+    conf = mine.answer(IMAGES).step_probabilities.max(-1)
+    threshold = float(np.median(conf))
+    a, b = exported.answer_early(IMAGES, threshold), mine.answer_early(IMAGES, threshold)
+    assert b.steps.min() < 28  # some images did answer early
+    # Float noise may move an image sitting on the threshold by a step; no more than that.
+    same = a.steps == b.steps
+    assert same.mean() >= 0.95
+    np.testing.assert_allclose(a.probabilities[same], b.probabilities[same], atol=TOLERANCE)

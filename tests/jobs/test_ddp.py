@@ -187,6 +187,10 @@ def test_val_and_test_accuracy_under_2_and_3_ranks_equal_one_process(
         got = results[devices]
         # 100 val and 200 test images do not split evenly over 3 ranks: every image once.
         assert got["val/acc"] == one["val/acc"] and got["test/acc"] == one["test/acc"]
+        # The accuracy after 7, 14 and 21 rows too (anytime training's curve).
+        for k in (7, 14, 21):
+            assert got[f"val/acc_step{k}"] == one[f"val/acc_step{k}"]
+            assert got[f"test/acc_step{k}"] == one[f"test/acc_step{k}"]
         assert got["val/loss"] == pytest.approx(one["val/loss"], rel=1e-6)
         assert got["test/loss"] == pytest.approx(one["test/loss"], rel=1e-6)
 

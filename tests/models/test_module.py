@@ -137,10 +137,14 @@ def _nan_after_calls(monkeypatch, root: Path, nan_when):
     real_forward = model.net.forward
     calls = {"n": 0}
 
-    def forward(x):
+    def forward(x, **kw):
         calls["n"] += 1
-        out = real_forward(x)
-        return out * float("nan") if nan_when(calls["n"]) else out
+        out = real_forward(x, **kw)  # validation also asks for some steps' answers
+        if not nan_when(calls["n"]):
+            return out
+        return (
+            tuple(o * float("nan") for o in out) if isinstance(out, tuple) else out * float("nan")
+        )
 
     monkeypatch.setattr(model.net, "forward", forward)
     return dm, model, calls
@@ -200,7 +204,9 @@ def test_label_smoothing_changes_the_training_loss_only() -> None:
     assert torch.allclose(smooth.training_step(batch, 0), expected)
     assert not torch.allclose(plain.training_step(batch, 0), expected)
     # Validation and test losses are plain cross-entropy, comparable across settings.
-    assert torch.allclose(smooth._shared_step(batch)[0], plain._shared_step(batch)[0])
+    assert torch.allclose(
+        smooth._evaluation_step(batch, "val")[0], plain._evaluation_step(batch, "val")[0]
+    )
 
 
 def test_label_smoothing_outside_0_1_is_refused() -> None:

@@ -292,3 +292,49 @@ def test_experiment_name_from_hydra_yaml(tmp_path: Path) -> None:
     assert RunDir(make_job(tmp_path, "0", "best_row", None)).experiment() == "best_row"
     assert RunDir(make_job(tmp_path, "1", None, None)).experiment() is None
     assert RunDir(tmp_path).experiment() is None  # no .hydra at all
+
+
+def test_the_answering_early_table_reads_each_runs_checkpoint(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from seqmnist.inference.checkpoints import load_checkpoint
+    from seqmnist.reports.evaluation import compute
+    from tests.helpers import make_checkpoint
+
+    monkeypatch.setenv("SEQMNIST_DATA_ROOT", str(synthetic_root))
+    sweep = tmp_path / "sweep"
+    accs = []
+    for seed, cell in ((0, "lstm"), (1, "gru")):
+        job = make_job(sweep, str(seed), "anytime_row", done(0.5), seed=seed)
+        ckpt = make_checkpoint(job / "checkpoints" / "m.ckpt", synthetic_root, cell=cell)
+        accs.append(compute(load_checkpoint(ckpt), synthetic_root)["metrics"]["accuracy"])
+    # Another experiment in the sweep reads 14 steps of two rows: its own row, same columns.
+    job = make_job(sweep, "3", "fast99", done(0.5), seed=0)
+    make_checkpoint(
+        job / "checkpoints" / "m.ckpt", synthetic_root, sequence="patch", step_pixels=56
+    )
+    # A bidirectional run has no early answer, a failed one no checkpoint: skipped, noted.
+    job = make_job(sweep, "4", "best_row", done(0.5), seed=0)
+    make_checkpoint(job / "checkpoints" / "m.ckpt", synthetic_root, bidirectional=True)
+    make_job(sweep, "2", "anytime_row", {"status": "failed", "error": "boom"}, seed=2)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- anytime:start -->\nold\n<!-- anytime:end -->\nrest\n")
+    assert results.main([str(sweep), "--anytime", "--readme", str(readme)]) == 0
+    assert "bidirectional, no early answer" in capsys.readouterr().err
+    text = readme.read_text()
+    assert "\nold\n" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    header = next(ln for ln in text.splitlines() if ln.startswith("| experiment"))
+    for column in ("| steps |", "all steps %", "after 1/2 %", "early exit %", "frontier area"):
+        assert column in header
+    row = next(ln for ln in text.splitlines() if ln.startswith("| `anytime_row`"))
+    assert f"| {100 * sum(accs) / 2:.2f} +- " in row and "| 0, 1 | 28 |" in row
+    assert next(ln for ln in text.splitlines() if ln.startswith("| `fast99`")).count("| 14 |")
+    assert not any(ln.startswith("| `best_row`") for ln in text.splitlines())
+    assert "Skipped 1 runs" in text
+    with (sweep / "results_anytime.csv").open() as f:
+        runs = list(csv.DictReader(f))
+    mine = [r for r in runs if r["experiment"] == "anytime_row"]
+    assert [float(r["accuracy"]) for r in mine] == pytest.approx(accs)
+    # The early-exit point stays within 5/7 of the steps (20 of 28 rows).
+    for r in runs:
+        assert float(r["exit_mean_steps"]) <= int(r["steps"]) * 5 / 7 + 1e-9

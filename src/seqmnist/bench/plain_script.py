@@ -130,13 +130,14 @@ def experiment_recipe(name: str) -> dict:
         # No augmentation, label smoothing or weight averaging: this loop has none of them.
         and not any(v for k, v in cfg.data.augment.items() if k != "elastic_sigma")
         and not cfg.model.get("label_smoothing")
+        and cfg.model.get("anytime_loss", "none") == "none"
         and not (cfg.get("callbacks") or {}).get("weight_averaging")
     )
     if not follows:
         raise ConfigError(
             f"experiment={name} is not a recipe plain_script can follow (it trains LSTM-128, "
             f"one layer, batch {BATCH}, Adam, rows or patches, optionally one-cycle; no "
-            "augmentation, label smoothing or weight averaging). Fix: "
+            "augmentation, label smoothing, anytime loss or weight averaging). Fix: "
             "give the switches by hand (--step-pixels, --lr, --onecycle, --clip, --epochs)."
         )
     return {

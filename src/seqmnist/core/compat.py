@@ -23,6 +23,7 @@ MOVED_TARGETS = {
 ADDED_KEYS: dict[str, Any] = {
     "model.net.init": "torch",
     "model.label_smoothing": 0.0,
+    "model.anytime_loss": "none",
     "optimized_metric": "val/acc_best",
     "optuna_trial.monitor": "val/acc",
     "optuna_trial.heartbeat_interval": 30,

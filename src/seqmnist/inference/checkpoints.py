@@ -91,6 +91,16 @@ class LoadedCheckpoint:
         """E.g. ``lstm 1x128, mnist row``."""
         return f"{describe(self.net)}, {self.data.dataset} {self.data.sequence}"
 
+    def label(self) -> str:
+        """Which model this is, to tell two apart in one report: the run's experiment (else
+        its directory, else the file), the net, and the steps it was trained on; e.g.
+        ``anytime_row: lstm 1x128, trained on every step (linear)``."""
+        run = RunDir(self.run_dir) if self.run_dir else None
+        name = (run.experiment() or run.path.name) if run else self.path.stem
+        loss = self.hparams.get("anytime_loss", "none")
+        trained = "its last step" if loss == "none" else f"every step ({loss})"
+        return f"{name}: {describe(self.net)}, trained on {trained}"
+
 
 # -- locating the checkpoint ------------------------------------------------------------
 def _score(path: Path) -> float:

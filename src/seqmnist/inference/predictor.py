@@ -13,8 +13,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from seqmnist.core.errors import ConfigError
 from seqmnist.data import DATASETS, PIXELS, SEQUENCE_MODES
 from seqmnist.inference.checkpoints import CheckpointError, DataSettings, load_checkpoint
+from seqmnist.inference.early_exit import check_threshold, exit_steps, read_until_sure
 from seqmnist.models.exportable import AnytimeOutputs
 
 EXPORTED_SUFFIXES = (".onnx", ".pt")
@@ -33,6 +35,35 @@ class Answer:
     step_probabilities: np.ndarray
 
 
+@dataclass(frozen=True)
+class EarlyAnswer:
+    """Answers under early exit: the probabilities each image answered with ``(N, C)`` and
+    the 1-based step at which it answered ``(N,)``."""
+
+    probabilities: np.ndarray
+    steps: np.ndarray
+
+
+def refuse_early_exit(predictor: Predictor, threshold: Any) -> float:
+    """The threshold checked, for a model that has early answers (else a ConfigError)."""
+    value = check_threshold(threshold, "--threshold")
+    if not predictor.anytime:
+        raise ConfigError(
+            f"{predictor.path}: early exit needs a unidirectional model; this one is "
+            "bidirectional, so its answer after each step has read the whole image. Fix: "
+            "drop --threshold, or use a model trained with bidirectional=false."
+        )
+    return value
+
+
+def early_from_steps(answer: Answer, threshold: float) -> EarlyAnswer:
+    """Early exit read off a full pass's per-step probabilities (no compute saved)."""
+    steps_p = torch.from_numpy(answer.step_probabilities)
+    steps = exit_steps(steps_p.max(-1).values, threshold)
+    probs = steps_p[torch.arange(len(steps)), steps - 1]
+    return EarlyAnswer(probs.numpy(), steps.numpy())
+
+
 class Predictor(Protocol):
     data: DataSettings
     path: Path
@@ -42,6 +73,11 @@ class Predictor(Protocol):
 
     def answer(self, images: np.ndarray) -> Answer:
         """uint8 ``(N, 28, 28)`` MNIST-like images -> :class:`Answer`."""
+        ...
+
+    def answer_early(self, images: np.ndarray, threshold: float) -> EarlyAnswer:
+        """uint8 ``(N, 28, 28)`` images -> each one's answer once its top probability
+        reaches ``threshold`` (:mod:`seqmnist.inference.early_exit`)."""
         ...
 
 
@@ -62,6 +98,13 @@ class CheckpointPredictor:
         x = self.data.to_inputs(torch.as_tensor(images))
         probs, steps = self._outputs(x)
         return Answer(probs.numpy(), steps.softmax(-1).numpy())
+
+    def answer_early(self, images: np.ndarray, threshold: float) -> EarlyAnswer:
+        """Batched: an image that has answered leaves the batch, so the saving is real."""
+        threshold = refuse_early_exit(self, threshold)
+        x = self.data.to_inputs(torch.as_tensor(images))
+        probs, steps = read_until_sure(self.loaded.model.net, x, threshold)
+        return EarlyAnswer(probs.numpy(), steps.numpy())
 
 
 def read_sidecar(model_file: Path) -> tuple[dict[str, Any], DataSettings]:
@@ -115,6 +158,11 @@ class ExportedPredictor:
         x = self.data.to_inputs(torch.as_tensor(images)).numpy()
         probs, steps = self.outputs(x)
         return Answer(probs, torch.from_numpy(steps).softmax(-1).numpy())
+
+    def answer_early(self, images: np.ndarray, threshold: float) -> EarlyAnswer:
+        """From the exported file's per-step outputs: the same answers as a checkpoint's,
+        but every step is computed (an exported graph reads the whole sequence)."""
+        return early_from_steps(self.answer(images), refuse_early_exit(self, threshold))
 
 
 def _onnx_runner(path: Path) -> Any:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from seqmnist.data.images import preprocess
 from seqmnist.data.sequences import STEP_NAMES, Layout
+from seqmnist.inference.early_exit import exit_steps
 from seqmnist.inference.predictor import Predictor
 
 SCALE = 10  # screen pixels per image pixel in the pictures of the reading
@@ -54,6 +55,12 @@ class Reading:
         probs = self.probabilities if step is None else self.step_probabilities[step - 1]
         order = np.argsort(-probs)[:k]
         return {self.class_names[i]: float(probs[i]) for i in order}
+
+    def answer_step(self, threshold: float) -> int:
+        """The 1-based step at which early exit at ``threshold`` answers
+        (:mod:`seqmnist.inference.early_exit`): the first whose top probability reaches it."""
+        top = torch.from_numpy(self.step_probabilities).max(-1).values
+        return int(exit_steps(top[None], threshold)[0])
 
 
 def read(predictor: Predictor, picture: Any) -> Reading:
@@ -115,9 +122,12 @@ def write_gif(reading: Reading, path: Path, max_frames: int = 28, ms: int = 120)
     return path
 
 
-def curve(reading: Reading, step: int | None = None, classes: int = 3) -> Figure:
+def curve(
+    reading: Reading, step: int | None = None, classes: int = 3, threshold: float | None = None
+) -> Figure:
     """The anytime curve: each likely class's probability after every step (the best other
-    class dashed), with a marker at ``step``.
+    class dashed), with a marker at ``step``, and with ``threshold`` the step at which early
+    exit answers (green) and the threshold itself (dotted).
 
     Made without pyplot, so a long-running page that draws one per request keeps no
     figures alive.
@@ -142,6 +152,16 @@ def curve(reading: Reading, step: int | None = None, classes: int = 3) -> Figure
         )
     if step is not None:
         ax.axvline(step, color="#ffaa00", linewidth=2)
+    if threshold is not None and reading.anytime:
+        at = reading.answer_step(threshold)
+        ax.axhline(threshold, color="0.4", linestyle=":", linewidth=1)
+        ax.axvline(
+            at,
+            color="tab:green",
+            linestyle="--",
+            linewidth=2,
+            label=f"answers (p >= {threshold:g})",
+        )
     ax.set_xlim(1, t)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel(f"{reading.step_name} read (of {t})")

@@ -12,12 +12,19 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torchmetrics import MaxMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from seqmnist.core.checks import Rule, number
 from seqmnist.core.errors import NonFiniteLossError
 from seqmnist.core.internals import is_logging_step
+from seqmnist.models.anytime import (
+    anytime_cross_entropy,
+    check_anytime_loss,
+    report_steps,
+    step_weights,
+)
 from seqmnist.models.metrics import WeightedMean
 from seqmnist.models.nets import RecurrentClassifier
 
@@ -52,6 +59,14 @@ class SeqClassifier(L.LightningModule):
         input_size, num_classes, class_names: taken from the data module.
         label_smoothing: cross-entropy label smoothing of the training loss; validation and
             test losses are plain cross-entropy, comparable across runs.
+        anytime_loss: how the training loss weighs the answer after each step
+            (:mod:`seqmnist.models.anytime`): ``none`` (the last step only), ``uniform`` or
+            ``linear``. Validation and test losses stay the last step's.
+
+    Validation and test also log the accuracy after a quarter, half and three quarters of
+    the sequence (``val/acc_step7``, ``val/acc_step14``, ``val/acc_step21`` for 28 rows),
+    so TensorBoard shows the anytime curve move during training (unidirectional nets only:
+    a bidirectional net's step answers have read everything).
     """
 
     def __init__(
@@ -63,9 +78,11 @@ class SeqClassifier(L.LightningModule):
         num_classes: int = 10,
         class_names: list[str] | None = None,
         label_smoothing: float = 0.0,
+        anytime_loss: str = "none",
     ) -> None:
         super().__init__()
         LABEL_SMOOTHING.check("model.label_smoothing", label_smoothing)
+        check_anytime_loss(anytime_loss, bool(_plain(net).get("bidirectional", False)))
         net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
         class_names = list(class_names) if class_names is not None else None
         self.save_hyperparameters(logger=False)
@@ -85,6 +102,13 @@ class SeqClassifier(L.LightningModule):
         self.val_loss = WeightedMean()
         self.test_loss = WeightedMean()
         self.val_acc_best = MaxMetric()
+        # Accuracy after the steps of report_steps(T), known once a batch shows T.
+        self.val_step_acc = nn.ModuleList(
+            MulticlassAccuracy(num_classes, average="micro") for _ in range(3)
+        )
+        self.test_step_acc = nn.ModuleList(
+            MulticlassAccuracy(num_classes, average="micro") for _ in range(3)
+        )
         # The latest logged training-step values as Python floats, for the progress bar.
         self.progress_values: dict[str, float] = {}
         # Kept in checkpoints so a resumed run still knows its best validation accuracy, and
@@ -95,10 +119,34 @@ class SeqClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], smoothing: float = 0.0):
+    def _training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]):
+        """The training loss (every step's answer weighted under ``anytime_loss``), the
+        final logits and the targets."""
         x, y = batch
-        logits = self.net(x)
-        return F.cross_entropy(logits, y, label_smoothing=smoothing), logits, y
+        smoothing = self.hparams.label_smoothing
+        weighting = self.hparams.get("anytime_loss", "none")
+        if weighting == "none":
+            logits = self.net(x)
+            return F.cross_entropy(logits, y, label_smoothing=smoothing), logits, y
+        t = x.shape[1]
+        _, steps = self.net(x, steps=range(1, t + 1))
+        loss = anytime_cross_entropy(steps, y, step_weights(weighting, t), smoothing)
+        return loss, steps[:, -1], y
+
+    def _evaluation_step(self, batch, stage: str):
+        """Last-step loss and logits, and the accuracy after each report step logged as
+        ``{stage}/acc_step{k}``."""
+        x, y = batch
+        if self.net.bidirectional:  # its step answers have read everything: none reported
+            logits = self.net(x)
+            return F.cross_entropy(logits, y), logits, y
+        steps = report_steps(x.shape[1])
+        logits, early = self.net(x, steps=steps)
+        metrics = self.val_step_acc if stage == "val" else self.test_step_acc
+        for i, (metric, k) in enumerate(zip(metrics, steps, strict=False)):
+            metric(early[:, i], y)
+            self.log(f"{stage}/acc_step{k}", metric, on_step=False, on_epoch=True)
+        return F.cross_entropy(logits, y), logits, y
 
     # -- training -------------------------------------------------------------------
     def on_train_start(self) -> None:
@@ -106,7 +154,7 @@ class SeqClassifier(L.LightningModule):
         self.val_acc_best.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, logits, y = self._shared_step(batch, self.hparams.label_smoothing)
+        loss, logits, y = self._training_loss(batch)
         # Epoch aggregates are plain metric updates (no per-step compute or sync); the
         # per-step curves are built only on the steps the Trainer writes to its loggers.
         self.train_loss.update(loss.detach(), weight=y.numel())
@@ -163,7 +211,7 @@ class SeqClassifier(L.LightningModule):
 
     # -- validation / test -------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, logits, y = self._shared_step(batch)
+        loss, logits, y = self._evaluation_step(batch, "val")
         self.val_loss(loss, weight=y.numel())
         self.val_acc(logits, y)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
@@ -174,7 +222,7 @@ class SeqClassifier(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        loss, logits, y = self._shared_step(batch)
+        loss, logits, y = self._evaluation_step(batch, "test")
         self.test_loss(loss, weight=y.numel())
         self.test_acc(logits, y)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)

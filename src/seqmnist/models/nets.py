@@ -3,6 +3,8 @@ its last step."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -130,9 +132,22 @@ class RecurrentClassifier(nn.Module):
         h = self.rnn.hidden_size
         return torch.cat([out[:, -1, :h], out[:, 0, h:]], dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, T, F)`` sequences -> ``(B, num_classes)`` logits."""
-        return self.head(self.head_dropout(self.final_features(self.sequence_features(x))))
+    def forward(
+        self, x: torch.Tensor, steps: Sequence[int] = ()
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, F)`` sequences -> ``(B, num_classes)`` logits.
+
+        With ``steps`` (1-based), also the head's logits after each of those steps,
+        ``(B, len(steps), num_classes)``, from the same pass. Training and validation ask
+        for them here, through ``forward``, so that ``compile=true`` covers them too.
+        """
+        out = self.sequence_features(x)
+        final = self.head(self.head_dropout(self.final_features(out)))
+        if not steps:
+            return final
+        index = [k - 1 for k in steps]
+        picked = out if index == list(range(out.shape[1])) else out[:, index]
+        return final, self.head(self.head_dropout(picked))
 
     def step_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits the head gives after each step, ``(B, T, num_classes)``.

@@ -8,12 +8,16 @@ Written to the evaluation's directory:
 * ``confident_errors.{png,csv}``: the most confidently wrong test images;
 * ``anytime.{csv,png}``: accuracy when the model answers after only the first k of T steps,
   from the per-step outputs of one forward pass;
+* ``early_exit.{csv,png}``: early exit (:mod:`seqmnist.inference.early_exit`) at each
+  threshold of a grid: accuracy, mean and 90th-percentile steps read, the frontier and the
+  area under it; beside another model's (``compare=RUN``) when given;
 * ``tensorboard/``: the same numbers and figures for TensorBoard.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from torchmetrics.classification import (
 from seqmnist.core.errors import ConfigError
 from seqmnist.data import default_data_root, load_split
 from seqmnist.data.sequences import STEP_NAMES
+from seqmnist.inference import early_exit
 from seqmnist.inference.checkpoints import LoadedCheckpoint, load_checkpoint
 from seqmnist.reports import plots
 from seqmnist.reports.tables import write_csv
@@ -50,6 +55,8 @@ FILES = {
     "errors_csv": "confident_errors.csv",
     "anytime_csv": "anytime.csv",
     "anytime_png": "anytime.png",
+    "early_exit_csv": "early_exit.csv",
+    "early_exit_png": "early_exit.png",
     "tensorboard": "tensorboard",
 }
 
@@ -68,28 +75,66 @@ def pick_device(name: str) -> torch.device:
 
 
 # -- compute ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepAnswers:
+    """A model's answers on a test set from one pass: final logits ``(N, C)``, targets
+    ``(N,)``, and after every step the top probability ``(N, T)`` and class ``(N, T)``."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    confidence: torch.Tensor
+    predictions: torch.Tensor
+
+    @property
+    def step_correct(self) -> torch.Tensor:
+        """How many images each step's answer classifies right, ``(T,)``."""
+        return (self.predictions == self.targets[:, None]).sum(0)
+
+
 @torch.inference_mode()
-def predict_test_set(
-    loaded: LoadedCheckpoint, loader: Any, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass over ``loader``: final logits ``(N, C)``, targets ``(N,)``, and per-step
-    correct counts ``(T,)`` (how many images step k's logits classify right)."""
+def predict_test_set(loaded: LoadedCheckpoint, loader: Any, device: torch.device) -> StepAnswers:
+    """One pass over ``loader``: the final answers and the answer after every step."""
     net = loaded.model.net.to(device).eval()
-    logits_all, targets_all = [], []
-    step_correct: torch.Tensor | None = None
+    logits_all, targets_all, conf_all, pred_all = [], [], [], []
     for x, y in loader:
         x = x.to(device)
         steps = net.step_logits(x)  # (B, T, C): the anytime answers, one forward pass
         # Unidirectional: the last step's logits are the model's answer (same pass).
         # Bidirectional: the answer also reads the backward direction's final state.
         logits = net(x) if loaded.bidirectional else steps[:, -1]
-        hits = (steps.argmax(-1).cpu() == y[:, None]).sum(0)
-        step_correct = hits if step_correct is None else step_correct + hits
+        conf, pred = steps.float().softmax(-1).max(-1)
+        conf_all.append(conf.cpu())
+        pred_all.append(pred.to(torch.int16).cpu())  # (N, T): small even for 784 pixels
         logits_all.append(logits.float().cpu())
         targets_all.append(y)
-    if step_correct is None:
+    if not logits_all:
         raise ConfigError("the test set is empty; nothing to evaluate")
-    return torch.cat(logits_all), torch.cat(targets_all), step_correct
+    return StepAnswers(
+        torch.cat(logits_all),
+        torch.cat(targets_all),
+        torch.cat(conf_all),
+        torch.cat(pred_all).long(),
+    )
+
+
+def early_exit_report(
+    answers: StepAnswers, thresholds: list[float], budget: float, num_classes: int
+) -> dict[str, Any]:
+    """Early exit over ``thresholds``: each point, the frontier, its area, and the most
+    accurate point reading at most ``budget`` steps on average."""
+    points = early_exit.exit_points(
+        answers.confidence, answers.predictions, answers.targets, thresholds
+    )
+    steps = int(answers.confidence.shape[1])
+    within = early_exit.point_within(points, budget)
+    return {
+        "steps": steps,
+        "points": early_exit.as_rows(points),
+        "frontier": early_exit.as_rows(early_exit.frontier(points)),
+        "area": early_exit.frontier_area(points, steps, num_classes),
+        "budget": budget,
+        "within_budget": early_exit.as_rows([within])[0] if within else None,
+    }
 
 
 def class_metrics(
@@ -162,24 +207,63 @@ def compute(
     device: str = "auto",
     num_errors: int = 25,
     download: bool = True,
+    thresholds: Any = None,
+    budget: float | None = None,
+    compare: LoadedCheckpoint | None = None,
 ) -> dict[str, Any]:
     """Evaluate a loaded checkpoint on the full test set under ``root``; returns what
-    ``eval.json`` holds (plus nothing else: the writers take everything from it)."""
+    ``eval.json`` holds (plus nothing else: the writers take everything from it).
+
+    ``thresholds``: early exit's grid (None: ``early_exit.DEFAULT_THRESHOLDS``); ``budget``:
+    the mean steps read allowed for the headline early-exit point (None: 5/7 of the steps,
+    20 of 28 rows); ``compare``: another model whose frontier is reported beside.
+    """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"data.eval_batch_size={batch_size!r} must be an integer >= 1")
     if not isinstance(num_errors, int) or num_errors < 0:
         raise ConfigError(f"num_errors={num_errors!r} must be an integer >= 0")
+    grid = early_exit.check_thresholds(thresholds)
+    number = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+    if budget is not None and not (number and budget > 0):
+        raise ConfigError(
+            f"early_exit.budget={budget!r} must be a number of steps > 0, or null (5/7 of "
+            "the steps: 20 of 28 rows)"
+        )
     dev = pick_device(device)
     data = loaded.data
-    dm = data.datamodule(root=str(root), eval_batch_size=batch_size, download=download)
-    dm.prepare_data()
-    dm.setup("test")
-    logits, targets, step_correct = predict_test_set(loaded, dm.test_dataloader(), dev)
+    if compare is not None:  # before any pass: a mismatch costs nothing
+        check_comparable(loaded, compare)
+    if budget is None:
+        budget = early_exit.default_budget(data.seq_len)
+
+    def answers_of(model: LoadedCheckpoint) -> tuple[StepAnswers, Any]:
+        dm = model.data.datamodule(root=str(root), eval_batch_size=batch_size, download=download)
+        dm.prepare_data()
+        dm.setup("test")
+        return predict_test_set(model, dm.test_dataloader(), dev), dm
+
+    answers, dm = answers_of(loaded)
+    logits, targets, step_correct = answers.logits, answers.targets, answers.step_correct
     names = data.class_names
     n, t = int(targets.numel()), int(step_correct.numel())
     anytime_acc = (step_correct.double() / n).tolist()
     quarters = sorted({max(1, round(t * q / 4)) for q in range(1, 5)})
     early = not loaded.bidirectional
+    exits = None
+    if early:
+        exits = {
+            "model": loaded.label(),
+            **early_exit_report(answers, grid, budget, len(names)),
+            "compare": None,
+        }
+        if compare is not None:
+            other, _ = answers_of(compare)
+            label = compare.label()
+            exits["compare"] = {
+                "model": label if label != exits["model"] else f"{label} (compared)",
+                "checkpoint": str(compare.path.resolve()),
+                **early_exit_report(other, grid, budget, len(names)),
+            }
     return {
         "checkpoint": str(loaded.path.resolve()),
         "run_dir": str(loaded.run_dir) if loaded.run_dir else None,
@@ -210,9 +294,32 @@ def compute(
             "accuracy": anytime_acc,
             "quarters": {str(k): anytime_acc[k - 1] for k in quarters},
         },
+        # None for a bidirectional model: it has no early answer to stop at.
+        "early_exit": exits,
         "confident_errors": confident_errors(logits, targets, names, num_errors),
-        "files": dict(FILES),
+        "files": {k: v for k, v in FILES.items() if early or not k.startswith("early_exit")},
     }
+
+
+def check_comparable(loaded: LoadedCheckpoint, compare: LoadedCheckpoint) -> None:
+    """``compare=`` needs two unidirectional models reading the same test set in as many
+    steps."""
+    other, steps = compare.data, loaded.data.seq_len
+    problem = None
+    if loaded.bidirectional:
+        problem = "the model evaluated is bidirectional: it has no early-exit frontier"
+    elif other.dataset != loaded.data.dataset:
+        problem = f"it was trained on {other.dataset}, this on {loaded.data.dataset}"
+    elif compare.bidirectional:
+        problem = "it is bidirectional: it has no early answer to stop at"
+    elif other.seq_len != steps:
+        problem = f"it reads {other.seq_len} steps, this {steps}: frontiers need the same steps"
+    if problem:
+        raise ConfigError(
+            f"compare={compare.path}: cannot put its early-exit frontier beside this one's: "
+            f"{problem}. Fix: compare two unidirectional models of the same dataset and "
+            "number of steps (e.g. a best_row run beside an anytime_row run)."
+        )
 
 
 # -- write --------------------------------------------------------------------------------
@@ -258,10 +365,9 @@ def markdown_report(result: dict[str, Any]) -> str:
     lines += ["| k | accuracy |", "| ---: | ---: |"]
     for k, acc in any_["quarters"].items():
         lines.append(f"| {k} | {100 * acc:.2f}% |")
+    lines += ["", "The whole curve: `anytime.csv`, `anytime.png`.", ""]
+    lines += early_exit_markdown(result)
     lines += [
-        "",
-        "The whole curve: `anytime.csv`, `anytime.png`.",
-        "",
         f"## Most confidently wrong ({len(result['confident_errors'])} shown)",
         "",
         "`confident_errors.png`, titled `true -> predicted (probability)`; the list with test "
@@ -269,6 +375,58 @@ def markdown_report(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def early_exit_models(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """This model's early-exit report, and the compared model's when there is one."""
+    exits = result.get("early_exit")
+    if not exits:
+        return []
+    return [exits] + ([exits["compare"]] if exits.get("compare") else [])
+
+
+def early_exit_markdown(result: dict[str, Any]) -> list[str]:
+    """``eval.md``'s early-exit section (none for a bidirectional model)."""
+    models = early_exit_models(result)
+    if not models:
+        return []
+    name = result["anytime"]["step_name"]
+    lines = [
+        "## Early exit",
+        "",
+        "Reading stops at the first step whose top probability reaches the threshold "
+        f"(1 reads everything). Mean and 90th-percentile {name} read, test accuracy; "
+        "`*`: on the frontier (no other threshold is as accurate with fewer steps). The "
+        "area under the frontier (accuracy against the share of steps read, from chance "
+        "at 0) sums the whole trade-off in one number, 1 at best.",
+        "",
+    ]
+    for m in models:
+        on_front = {q["threshold"] for q in m["frontier"]}
+        within = m["within_budget"]
+        best = (
+            f"{100 * within['accuracy']:.2f}% at {within['mean_steps']:.1f} {name} "
+            f"(threshold {within['threshold']:g})"
+            if within
+            else "no threshold reads that few"
+        )
+        lines += [
+            f"### {m['model']}: frontier area {m['area']:.4f}",
+            "",
+            f"Most accurate within a mean of {m['budget']:g} {name}: {best}.",
+            "",
+            f"| threshold | accuracy | mean {name} | p90 {name} | answered early |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for q in m["points"]:
+            star = "*" if q["threshold"] in on_front else ""
+            lines.append(
+                f"| {q['threshold']:g}{star} | {100 * q['accuracy']:.2f}% | "
+                f"{q['mean_steps']:.2f} | {q['p90_steps']:g} | {100 * q['early_share']:.1f}% |"
+            )
+        lines.append("")
+    lines += ["All points: `early_exit.csv`; the frontiers: `early_exit.png`.", ""]
+    return lines
 
 
 def write_json(result: dict[str, Any], out: Path) -> None:
@@ -311,6 +469,26 @@ def write_csvs(result: dict[str, Any], out: Path) -> None:
         ],
         ["rank", "test_index", "true", "predicted", "probability", "probability_true"],
     )
+    models = early_exit_models(result)
+    if models:
+        rows = []
+        for m in models:
+            on_front = {q["threshold"] for q in m["frontier"]}
+            rows += [
+                [
+                    m["model"],
+                    f"{q['threshold']:g}",
+                    f"{q['accuracy']:.6f}",
+                    f"{q['mean_steps']:.4f}",
+                    f"{q['p90_steps']:g}",
+                    f"{q['early_share']:.6f}",
+                    int(q["threshold"] in on_front),
+                    f"{m['area']:.6f}",
+                ]
+                for q in m["points"]
+            ]
+        header = ["model", "threshold", "accuracy", "mean_steps", "p90_steps", "early_share"]
+        write_csv(out / FILES["early_exit_csv"], rows, [*header, "on_frontier", "frontier_area"])
     step = result["data"]["input_size"]
     write_csv(
         out / FILES["anytime_csv"],
@@ -329,7 +507,7 @@ def figures(result: dict[str, Any], root: str | Path) -> dict[str, Any]:
     images, _ = load_split(root, result["data"]["dataset"], "test")
     wrong = m["correct"]
     title = f"{desc} | test acc {100 * m['accuracy']:.2f}%"
-    return {
+    figs = {
         "confusion_png": plots.confusion_figure(
             np.asarray(m["confusion_matrix"]), names, False, f"Confusion matrix: {title}"
         ),
@@ -354,6 +532,12 @@ def figures(result: dict[str, Any], root: str | Path) -> dict[str, Any]:
             step_name=any_["step_name"],
         ),
     }
+    models = early_exit_models(result)
+    if models:
+        figs["early_exit_png"] = plots.early_exit_figure(
+            models, len(names), f"Early exit: {desc}", step_name=any_["step_name"]
+        )
+    return figs
 
 
 def write_tensorboard(result: dict[str, Any], out: Path, figs: dict[str, Any]) -> None:
@@ -372,6 +556,8 @@ def write_tensorboard(result: dict[str, Any], out: Path, figs: dict[str, Any]) -
                 writer.add_scalar(f"eval_class_{key}/{row['class']}", row[key])
         for k, acc in enumerate(result["anytime"]["accuracy"], start=1):
             writer.add_scalar("eval/anytime_acc", acc, global_step=k)
+        for m, tag in zip(early_exit_models(result), ("", "_compare"), strict=False):
+            writer.add_scalar(f"eval/early_exit_area{tag}", m["area"])
         writer.add_text("eval/report", markdown_report(result))
         for key, fig in figs.items():
             writer.add_figure(f"eval/{Path(FILES[key]).stem}", fig)  # closes the figure
@@ -401,11 +587,18 @@ def evaluate_checkpoint(
     num_errors: int = 25,
     download: bool = True,
     tensorboard: bool = True,
+    thresholds: Any = None,
+    budget: float | None = None,
+    compare: str | Path | None = None,
 ) -> dict[str, Any]:
     """Load ``ckpt_path`` (a .ckpt or a run dir), evaluate it on the test set, write every
-    report to ``out_dir``; returns what ``eval.json`` holds."""
+    report to ``out_dir``; returns what ``eval.json`` holds. ``compare``: another checkpoint
+    or run whose early-exit frontier is reported beside this one's."""
     loaded = load_checkpoint(ckpt_path)
+    other = load_checkpoint(compare) if compare else None
     root = str(data_root) if data_root else default_data_root()
-    result = compute(loaded, root, batch_size, device, num_errors, download)
+    result = compute(
+        loaded, root, batch_size, device, num_errors, download, thresholds, budget, other
+    )
     write_all(result, Path(out_dir), root, tensorboard)
     return result

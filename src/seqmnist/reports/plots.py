@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -118,6 +119,58 @@ def anytime_figure(
             color="tab:red",
             wrap=True,
         )
+    fig.tight_layout()
+    return fig
+
+
+def early_exit_figure(
+    models: Sequence[dict[str, Any]], num_classes: int, title: str, step_name: str = "rows"
+) -> Figure:
+    """Early exit's accuracy against mean steps read, one frontier per model.
+
+    Each entry of ``models``: ``model`` (its name), ``points`` and ``frontier`` (rows of
+    threshold, accuracy, mean_steps) and ``area``, as ``evaluate`` reports them.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    steps = models[0]["steps"]
+    for i, m in enumerate(models):
+        color = f"C{i}"
+        pts = m["points"]
+        ax.scatter(
+            [q["mean_steps"] for q in pts],
+            [q["accuracy"] for q in pts],
+            s=12,
+            color=color,
+            alpha=0.5,
+        )
+        front = m["frontier"]
+        ax.plot(
+            [q["mean_steps"] for q in front],
+            [q["accuracy"] for q in front],
+            color=color,
+            lw=2,
+            marker="o",
+            markersize=4,
+            label=f"{m['model']} (area {m['area']:.3f})",
+        )
+        for q in front:
+            if q["threshold"] in (0.5, 0.9, 0.99, 0.999, 1.0):
+                ax.annotate(
+                    f"{q['threshold']:g}",
+                    (q["mean_steps"], q["accuracy"]),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize=7,
+                    color=color,
+                )
+    ax.axhline(1.0 / num_classes, color="gray", ls=":", lw=1, label="chance")
+    ax.set_xlim(0, steps + 0.5)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(f"mean {step_name} read (of {steps}); labels: threshold")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
 

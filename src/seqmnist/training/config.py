@@ -19,6 +19,7 @@ from seqmnist.data import datamodule
 from seqmnist.data.augment import BatchAugment
 from seqmnist.data.sequences import check_step_pixels
 from seqmnist.models import nets
+from seqmnist.models.anytime import check_anytime_loss
 from seqmnist.models.module import LABEL_SMOOTHING
 from seqmnist.training.settings import SHORT_KEYS
 
@@ -49,6 +50,7 @@ def validate(cfg: DictConfig) -> None:
     check_step_pixels(cfg.data.sequence, cfg.data.get("step_pixels"))
     nets.RULES["init"].check("model.net.init", cfg.model.net.init)
     LABEL_SMOOTHING.check("model.label_smoothing", cfg.model.label_smoothing)
+    check_anytime_loss(_read(cfg, "model.anytime_loss"), _read(cfg, "bidirectional"))
     augment = _read(cfg, "data.augment")
     BatchAugment.from_config(OmegaConf.to_container(augment) if augment is not None else None)
     # Only cell=gru has a kernel to choose (conf/cell/gru.yaml).

@@ -1,0 +1,207 @@
+"""Early exit: stop reading an image once the answer is sure enough.
+
+The rule: after each step the head's top probability is compared with a threshold ``p`` in
+(0, 1]; the first step where it reaches ``p`` gives the answer, and an image that never
+reaches it is read to the end. ``p = 1`` reads everything (a float32 softmax can round to
+exactly 1.0, so 1 is taken to mean "never stop early"). Lower thresholds read fewer steps
+and risk more errors: each threshold is one point of accuracy against mean steps read, and
+the points that no other point beats on both form the frontier.
+
+Two ways to run it, which give the same answers:
+
+* :func:`exit_points`: from the per-step answers of one full pass (``evaluate``'s grid of
+  thresholds costs one pass);
+* :func:`read_until_sure`: step by step, images that have answered leave the batch, so the
+  compute saved is real (``predict --threshold``, the demo, ``make bench``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from seqmnist.core.errors import ConfigError
+
+# evaluate's default grid: from "answer at the first step" (0.1 is reached by any of 10
+# classes at once) to "read everything".
+DEFAULT_THRESHOLDS = (
+    0.1, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99,
+    0.995, 0.998, 0.999, 0.9995, 0.9999, 1.0,
+)  # fmt: skip
+
+# The headline point of a frontier: the most accurate threshold reading at most this share of
+# the steps on average (20 of 28 rows; issue 29's budget).
+BUDGET_SHARE = 5 / 7
+
+
+def default_budget(steps: int) -> float:
+    """The mean steps read allowed for the headline point: :data:`BUDGET_SHARE` of them."""
+    return steps * BUDGET_SHARE
+
+
+def check_threshold(value: Any, key: str = "threshold") -> float:
+    """A threshold in (0, 1], as a float; anything else is a ConfigError naming ``key``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
+    if not ok:
+        raise ConfigError(
+            f"{key}={value!r} is not a probability threshold: it must be a number in (0, 1] "
+            "(the top class's probability at which reading stops; 1 reads every step). "
+            f"Fix: e.g. {key}=0.99."
+        )
+    return float(value)
+
+
+def check_thresholds(values: Any, key: str = "early_exit.thresholds") -> list[float]:
+    """A non-empty list of thresholds, each in (0, 1], sorted (None: the default grid)."""
+    if values is None:
+        values = DEFAULT_THRESHOLDS
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigError(
+            f"{key}={values!r} must be a list of probability thresholds in (0, 1]. "
+            f"Fix: e.g. {key}=[0.9,0.99,1.0]."
+        )
+    return sorted({check_threshold(v, key) for v in values})
+
+
+def reads_everything(threshold: float) -> bool:
+    """Whether ``threshold`` means "never stop early": 1, or a number that rounds to 1 in
+    float32 (where the probabilities are compared)."""
+    return float(torch.tensor(threshold, dtype=torch.float32)) >= 1.0
+
+
+def is_sure(probability: float, threshold: float) -> bool:
+    """Whether a probability reaches the threshold, compared as :func:`exit_steps` does."""
+    if reads_everything(threshold):
+        return False
+    pair = torch.tensor([probability, threshold], dtype=torch.float32)
+    return bool(pair[0] >= pair[1])
+
+
+def exit_steps(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
+    """1-based step at which each image answers, ``(N,)``, from its top probability after
+    every step, ``(N, T)``."""
+    n, t = confidence.shape
+    if reads_everything(threshold):
+        return torch.full((n,), t, dtype=torch.long)
+    sure = confidence >= threshold
+    sure[:, -1] = True  # an image never sure enough is read to the end
+    return sure.int().argmax(dim=1) + 1  # the first True
+
+
+@dataclass(frozen=True)
+class ExitPoint:
+    """Early exit at one threshold over a set of images."""
+
+    threshold: float
+    accuracy: float
+    mean_steps: float
+    p90_steps: float
+    early_share: float  # images that answered before the last step
+
+
+def exit_points(
+    confidence: torch.Tensor,
+    predictions: torch.Tensor,
+    targets: torch.Tensor,
+    thresholds: list[float],
+) -> list[ExitPoint]:
+    """Each threshold's accuracy and steps read, from the per-step top probability and
+    predicted class ``(N, T)`` of one full pass."""
+    t = confidence.shape[1]
+    points = []
+    for p in thresholds:
+        steps = exit_steps(confidence, p)
+        answer = predictions.gather(1, (steps - 1)[:, None]).squeeze(1)
+        points.append(
+            ExitPoint(
+                threshold=p,
+                accuracy=float((answer == targets).double().mean()),
+                mean_steps=float(steps.double().mean()),
+                p90_steps=float(torch.quantile(steps.double(), 0.9)),
+                early_share=float((steps < t).double().mean()),
+            )
+        )
+    return points
+
+
+def frontier(points: list[ExitPoint]) -> list[ExitPoint]:
+    """The points no other point beats: fewer or as many steps and a higher accuracy."""
+    best: list[ExitPoint] = []
+    for point in sorted(points, key=lambda q: (q.mean_steps, -q.accuracy)):
+        if not best or point.accuracy > best[-1].accuracy:
+            best.append(point)
+    return best
+
+
+def frontier_area(points: list[ExitPoint], steps: int, num_classes: int) -> float:
+    """Area under the accuracy / share-of-steps-read frontier, in [1/C, 1]; higher is better.
+
+    The curve starts at (0, 1/C): reading nothing and guessing, which also beats any point
+    no better than chance. It runs straight between frontier points (drawing one of two
+    thresholds at random per image reaches any point between them) and flat after the last
+    one, to a share of 1. A model sure and right after its first step scores close to 1;
+    one right only after its last step, about (1 + 1/C) / 2.
+    """
+    chance = 1.0 / num_classes
+    front = [q for q in frontier(points) if q.accuracy > chance]
+    xs = [0.0] + [q.mean_steps / steps for q in front]
+    ys = [chance] + [q.accuracy for q in front]
+    area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
+    return area + (1.0 - xs[-1]) * ys[-1]
+
+
+def point_within(points: list[ExitPoint], max_mean_steps: float) -> ExitPoint | None:
+    """The most accurate point reading at most ``max_mean_steps`` on average."""
+    within = [q for q in points if q.mean_steps <= max_mean_steps]
+    return max(within, key=lambda q: (q.accuracy, -q.mean_steps)) if within else None
+
+
+def as_rows(points: list[ExitPoint]) -> list[dict[str, float]]:
+    return [asdict(q) for q in points]
+
+
+@torch.inference_mode()
+def read_until_sure(
+    net: torch.nn.Module, x: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read ``(N, T, F)`` sequences step by step with a unidirectional
+    :class:`~seqmnist.models.nets.RecurrentClassifier` (eval mode); an image leaves the batch
+    at the first step whose top probability reaches ``threshold``.
+
+    Returns the probabilities it answered with ``(N, C)`` and the 1-based step at which it
+    answered ``(N,)``.
+    """
+    if getattr(net, "bidirectional", False):
+        raise ConfigError(
+            "early exit needs a unidirectional net: a bidirectional one reads the whole "
+            "sequence backwards before its first answer. Fix: use a model trained with "
+            "bidirectional=false, or no threshold."
+        )
+    n, t, _ = x.shape
+    everything = reads_everything(threshold)
+    probs = torch.empty(n, net.head.out_features)
+    steps = torch.full((n,), t, dtype=torch.long)
+    active = torch.arange(n)
+    state: Any = None
+    for k in range(t):
+        out, state = net.rnn(x[active, k : k + 1], state)
+        p = net.head(out[:, -1]).softmax(-1)
+        if k == t - 1:
+            probs[active] = p.to(probs.dtype)
+            break
+        sure = None if everything else p.max(-1).values >= threshold
+        if sure is None or not bool(sure.any()):
+            continue
+        probs[active[sure]] = p[sure].to(probs.dtype)
+        steps[active[sure]] = k + 1
+        keep = ~sure
+        active = active[keep]
+        if active.numel() == 0:
+            break
+        # The recurrent state of the images still reading: (layers, batch, hidden).
+        state = tuple(s[:, keep] for s in state) if isinstance(state, tuple) else state[:, keep]
+    return probs, steps
