@@ -99,14 +99,7 @@ def anytime_figure(
     fig, ax = plt.subplots(figsize=(7, 4.2))
     ax.plot(k, np.asarray(accuracy), marker="o" if t <= 60 else None, markersize=3, label="anytime")
     ax.axhline(final_accuracy, color="tab:green", ls="--", lw=1, label="model's answer")
-    ax.axhline(1.0 / num_classes, color="gray", ls=":", lw=1, label="chance")
-    ax.set_xlim(0.5, t + 0.5)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"{step_name} read (k of T={t})")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    ax.set_title(title, fontsize=10)
+    accuracy_axes(ax, num_classes, (0.5, t + 0.5), f"{step_name} read (k of T={t})", title)
     if note:
         # Bidirectional models: the curve must not be read as an early answer.
         ax.text(
@@ -163,16 +156,29 @@ def early_exit_figure(
                     fontsize=7,
                     color=color,
                 )
-    ax.axhline(1.0 / num_classes, color="gray", ls=":", lw=1, label="chance")
-    ax.set_xlim(0, steps + 0.5)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel(f"mean {step_name} read (of {steps}); labels: threshold")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title, fontsize=10)
+    xlabel = f"mean {step_name} read (of {steps}); labels: threshold"
+    accuracy_axes(ax, num_classes, (0, steps + 0.5), xlabel, title, legend="lower right")
     fig.tight_layout()
     return fig
+
+
+def accuracy_axes(
+    ax: Any,
+    num_classes: int,
+    xlim: tuple[float, float],
+    xlabel: str,
+    title: str,
+    legend: str = "best",
+) -> None:
+    """Test accuracy (0 to 1) against steps read, with the chance line, grid and legend."""
+    ax.axhline(1.0 / num_classes, color="gray", ls=":", lw=1, label="chance")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend, fontsize=8)
+    ax.set_title(title, fontsize=10)
 
 
 def save(fig: Figure, path: str, close: bool = True) -> None:
