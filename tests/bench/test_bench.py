@@ -208,10 +208,14 @@ def test_early_exit_bench_reports_each_way_on_the_test_set(
     assert "| early exit, p >= 0.11 |" in printed and "bench: early_exit/all_rows = " in printed
     rows = {r["way"]: r for r in json.loads(out.read_text())["rows"]}
     whole, early = rows["all rows"], rows["early exit, p >= 0.11"]
-    assert whole["mean_steps"] == 28 == rows["step by step, all rows"]["mean_steps"]
+    stepping = rows["stepping 4 rows a call, all rows"]
+    assert whole["mean_steps"] == 28 == stepping["mean_steps"]
     assert early["mean_steps"] < 28
-    # Reading step by step to the end answers as the whole-sequence pass does.
-    assert rows["step by step, all rows"]["accuracy"] == whole["accuracy"]
+    # Reading in pieces to the end answers as the whole-sequence pass does, and reading one
+    # row a call stops where reading four a call does.
+    assert stepping["accuracy"] == whole["accuracy"]
+    one = rows["early exit, p >= 0.11, one row a call"]
+    assert (one["mean_steps"], one["accuracy"]) == (early["mean_steps"], early["accuracy"])
     # A bidirectional model has no early answer: one error line, status 2.
     bi = make_checkpoint(tmp_path / "bi.ckpt", synthetic_root, bidirectional=True)
     assert early_exit.main(["--ckpt", str(bi), "--root", str(synthetic_root)]) == 2

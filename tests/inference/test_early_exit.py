@@ -97,10 +97,11 @@ def test_the_batched_reader_answers_as_a_full_pass(cell: str, layers: int) -> No
     values = conf.flatten().unique().sort().values
     mids = (values[1:] + values[:-1]) / 2
     for threshold in (float(mids[len(mids) // 2]), float(mids[9 * len(mids) // 10]), 1.0):
-        probs, steps = read_until_sure(net, x, threshold)
-        assert torch.equal(steps, exit_steps(conf, threshold))
-        expected = full[torch.arange(64), steps - 1].float()
-        assert torch.allclose(probs, expected, atol=1e-6)
+        for chunk in (1, 3, 4, 28):  # rows read a call: where each image stops is the same
+            probs, steps = read_until_sure(net, x, threshold, chunk)
+            assert torch.equal(steps, exit_steps(conf, threshold)), chunk
+            expected = full[torch.arange(64), steps - 1].float()
+            assert torch.allclose(probs, expected, atol=1e-6)
     # Images did leave early at the lower thresholds.
     assert read_until_sure(net, x, float(mids[len(mids) // 2]))[1].float().mean() < 28
 
@@ -109,3 +110,6 @@ def test_the_batched_reader_refuses_a_bidirectional_net() -> None:
     net = RecurrentClassifier(cell="gru", hidden_size=8, bidirectional=True).eval()
     with pytest.raises(ConfigError, match="unidirectional"):
         read_until_sure(net, torch.rand(2, 28, 28), 0.9)
+    one_way = RecurrentClassifier(cell="gru", hidden_size=8).eval()
+    with pytest.raises(ConfigError, match="chunk=0"):
+        read_until_sure(one_way, torch.rand(2, 28, 28), 0.9, chunk=0)

@@ -7,10 +7,11 @@ all alike:
 
 * **all rows**: ``predict`` without a threshold: one pass of the recurrent layers over
   every step (oneDNN's whole-sequence kernel);
-* **early exit**: ``predict --threshold P``: step by step, images that have answered leave
-  the batch (:func:`seqmnist.inference.early_exit.read_until_sure`);
-* **step by step, all rows**: the same stepping with a threshold of 1 (nobody leaves): what
-  reading one step per call costs before anything is saved.
+* **early exit**: ``predict --threshold P``: a few rows a call (``--chunk``, 4), images that
+  have answered leave the batch (:func:`seqmnist.inference.early_exit.read_until_sure`);
+* **early exit, one row a call**: the same, one step per call of the recurrent layers;
+* **stepping, all rows**: ``--chunk`` rows a call with a threshold of 1 (nobody leaves):
+  what reading in pieces costs before anything is saved.
 
 Prints a Markdown table (median images/s, mean rows read, accuracy) and the line
 ``bench: early_exit/all_rows = R``.
@@ -33,7 +34,7 @@ from seqmnist.core.errors import SeqMNISTError
 from seqmnist.core.internals import quiet_console
 from seqmnist.data import default_data_root, load_split
 from seqmnist.data.sequences import STEP_NAMES
-from seqmnist.inference.early_exit import check_threshold
+from seqmnist.inference.early_exit import CHUNK, check_threshold
 from seqmnist.inference.predictor import CheckpointPredictor, refuse_early_exit
 
 
@@ -67,10 +68,11 @@ def bench(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=default_data_root(), help="data root (%(default)s)")
     parser.add_argument("--batch", type=int, default=512, help="images a call (as predict)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (5)")
+    parser.add_argument("--chunk", type=int, default=CHUNK, help=f"rows a call ({CHUNK})")
     parser.add_argument("--out", default="outputs/bench/early_exit.json")
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.rounds < 1:
-        parser.error("--batch and --rounds must be at least 1")
+    if min(args.batch, args.rounds, args.chunk) < 1:
+        parser.error("--batch, --rounds and --chunk must be at least 1")
     threshold = check_threshold(args.threshold, "--threshold")
     quiet_console()
     predictor = CheckpointPredictor(args.ckpt)
@@ -83,17 +85,18 @@ def bench(argv: list[str] | None = None) -> int:
     def all_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return predictor.answer(x).probabilities, np.full(len(x), t)
 
-    def stepping(p: float) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def stepping(p: float, chunk: int) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            early = predictor.answer_early(x, p)
+            early = predictor.answer_early(x, p, chunk)
             return early.probabilities, early.steps
 
         return run
 
     ways = {
         "all rows": all_rows,
-        f"early exit, p >= {threshold:g}": stepping(threshold),
-        "step by step, all rows": stepping(1.0),
+        f"early exit, p >= {threshold:g}": stepping(threshold, args.chunk),
+        f"early exit, p >= {threshold:g}, one row a call": stepping(threshold, 1),
+        f"stepping {args.chunk} rows a call, all rows": stepping(1.0, args.chunk),
     }
     speeds: dict[str, list[float]] = {name: [] for name in ways}
     found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -120,7 +123,8 @@ def bench(argv: list[str] | None = None) -> int:
             }
         )
     print(f"{predictor.describe()} on {len(images):,} test images, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds")  # fmt: skip
+          f"{args.chunk} rows a call, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds")  # fmt: skip
     print(
         f"| way | images/s (median) | vs all rows | mean {step_name} | p90 {step_name} | accuracy |"
     )

@@ -16,7 +16,7 @@ import torch
 from seqmnist.core.errors import ConfigError
 from seqmnist.data import DATASETS, PIXELS, SEQUENCE_MODES
 from seqmnist.inference.checkpoints import CheckpointError, DataSettings, load_checkpoint
-from seqmnist.inference.early_exit import check_threshold, exit_steps, read_until_sure
+from seqmnist.inference.early_exit import CHUNK, check_threshold, exit_steps, read_until_sure
 from seqmnist.models.exportable import AnytimeOutputs
 
 EXPORTED_SUFFIXES = (".onnx", ".pt")
@@ -75,9 +75,10 @@ class Predictor(Protocol):
         """uint8 ``(N, 28, 28)`` MNIST-like images -> :class:`Answer`."""
         ...
 
-    def answer_early(self, images: np.ndarray, threshold: float) -> EarlyAnswer:
+    def answer_early(self, images: np.ndarray, threshold: float, chunk: int = CHUNK) -> EarlyAnswer:
         """uint8 ``(N, 28, 28)`` images -> each one's answer once its top probability
-        reaches ``threshold`` (:mod:`seqmnist.inference.early_exit`)."""
+        reaches ``threshold`` (:mod:`seqmnist.inference.early_exit`; ``chunk``: steps read
+        a call where the model is read step by step)."""
         ...
 
 
@@ -99,11 +100,11 @@ class CheckpointPredictor:
         probs, steps = self._outputs(x)
         return Answer(probs.numpy(), steps.softmax(-1).numpy())
 
-    def answer_early(self, images: np.ndarray, threshold: float) -> EarlyAnswer:
+    def answer_early(self, images: np.ndarray, threshold: float, chunk: int = CHUNK) -> EarlyAnswer:
         """Batched: an image that has answered leaves the batch, so the saving is real."""
         threshold = refuse_early_exit(self, threshold)
         x = self.data.to_inputs(torch.as_tensor(images))
-        probs, steps = read_until_sure(self.loaded.model.net, x, threshold)
+        probs, steps = read_until_sure(self.loaded.model.net, x, threshold, chunk)
         return EarlyAnswer(probs.numpy(), steps.numpy())
 
 
@@ -159,9 +160,10 @@ class ExportedPredictor:
         probs, steps = self.outputs(x)
         return Answer(probs, torch.from_numpy(steps).softmax(-1).numpy())
 
-    def answer_early(self, images: np.ndarray, threshold: float) -> EarlyAnswer:
+    def answer_early(self, images: np.ndarray, threshold: float, chunk: int = CHUNK) -> EarlyAnswer:
         """From the exported file's per-step outputs: the same answers as a checkpoint's,
-        but every step is computed (an exported graph reads the whole sequence)."""
+        but every step is computed (an exported graph reads the whole sequence; ``chunk``
+        does not apply)."""
         return early_from_steps(self.answer(images), refuse_early_exit(self, threshold))
 
 

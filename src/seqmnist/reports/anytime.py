@@ -109,7 +109,7 @@ def table_row(s: dict[str, Any]) -> dict[str, str]:
         **{f"after {share} %": _pct(st[key]) for key, share in QUARTERS.items()},
         "early exit %": _pct(st["exit_accuracy"]),
         "mean (p90) steps read": (
-            f"{mean_steps:.1f} ({p90:g})" if mean_steps is not None else "none within"
+            f"{mean_steps:.1f} ({p90:.1f})" if mean_steps is not None else "none within"
         ),
         "threshold": ", ".join(f"{t:g}" for t in thresholds),
         "frontier area": f"{area:.4f}" + (f" +- {area_std:.4f}" if area_std is not None else ""),

@@ -157,7 +157,8 @@ def early_exit_figure(
                     color=color,
                 )
     xlabel = f"mean {step_name} read (of {steps}); labels: threshold"
-    accuracy_axes(ax, num_classes, (0, steps + 0.5), xlabel, title, legend="lower right")
+    # Room on the right for the last threshold label.
+    accuracy_axes(ax, num_classes, (0, steps * 1.05), xlabel, title, legend="lower right")
     fig.tight_layout()
     return fig
 
