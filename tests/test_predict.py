@@ -137,7 +137,7 @@ def test_a_threshold_answers_early_and_says_after_which_row(
     # first whose top probability reaches it, as a full pass sees it.
     seen = tmp_path / "seen"
     predict("--ckpt", str(ckpt), "--save-preprocessed", str(seen), inputs[0])
-    image = np.asarray(Image.open(seen / "digit.png"))
+    image = np.array(Image.open(seen / "digit.png"))
     conf = load_predictor(ckpt).answer(image[None]).step_probabilities[0].max(-1)
     values = np.unique(conf)
     threshold = float((values[len(values) // 2] + values[len(values) // 2 - 1]) / 2)

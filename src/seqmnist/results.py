@@ -23,8 +23,6 @@ import sys
 from pathlib import Path
 
 from seqmnist.core.machine import describe as machine_description  # runs without a recorded one
-from seqmnist.data import default_data_root
-from seqmnist.reports import anytime
 from seqmnist.reports import experiments as ex
 from seqmnist.reports.tables import write_csv
 from seqmnist.shell import command
@@ -90,6 +88,10 @@ def table(sweep_dirs: list[Path], readme: Path | None) -> int:
 
 def anytime_table(sweep_dirs: list[Path], readme: Path | None, budget: float | None) -> int:
     """The answering-early table of the experiments under ``sweep_dirs``."""
+    # Imported here: they load torch, which the results table itself never needs.
+    from seqmnist.data import default_data_root
+    from seqmnist.reports import anytime
+
     for d in sweep_dirs:
         if not d.is_dir():
             raise ex.ExperimentError(f"{d} is not a directory")
