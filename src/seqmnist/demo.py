@@ -25,7 +25,7 @@ from typing import Any
 
 from seqmnist.core.errors import ConfigError
 from seqmnist.data.images import MAX_FILE_BYTES, BlankImageError, ImageInputError
-from seqmnist.inference.early_exit import check_threshold, is_sure, reads_everything
+from seqmnist.inference.early_exit import check_threshold, never_sure
 from seqmnist.inference.predictor import Predictor, load_predictor
 from seqmnist.inference.reading import Reading, curve, enlarged, frame, read, write_gif
 from seqmnist.shell import command
@@ -65,7 +65,7 @@ class Demo:
         k = reading.answer_step(p)
         best, prob = next(iter(reading.top(1, step=k).items()))
         one = reading.step_name.removesuffix("s")
-        unsure = k == reading.steps and not reads_everything(p) and not is_sure(prob, p)
+        unsure = never_sure(k, reading.steps, prob, p)
         how = f" (never {100 * p:g}% sure: read to the end)" if unsure else ""
         return (
             f"Early exit at p >= {p:g}: answers **{best}** ({100 * prob:.1f}%) after "

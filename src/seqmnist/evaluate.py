@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from seqmnist.inference.checkpoints import CheckpointError
-from seqmnist.reports.evaluation import early_exit_models, evaluate_checkpoint
+from seqmnist.reports.evaluation import early_exit_models, evaluate_checkpoint, within_budget
 from seqmnist.shell import exit_on_error, hydra_command
 
 log = logging.getLogger("seqmnist.evaluate")
@@ -35,13 +35,7 @@ def summary_lines(result: dict[str, Any], out_dir: Path) -> list[str]:
     if a["note"]:
         lines.append(a["note"])
     for m in early_exit_models(result):
-        within = m["within_budget"]
-        best = (
-            f"{100 * within['accuracy']:.2f}% at a mean of {within['mean_steps']:.1f} "
-            f"{a['step_name']} (threshold {within['threshold']:g})"
-            if within
-            else f"no threshold reads a mean of {m['budget']:g} {a['step_name']} or fewer"
-        )
+        best = within_budget(m, a["step_name"])
         lines.append(f"early exit, {m['model']}: frontier area {m['area']:.4f}; {best}")
     lines.append(f"reports written to {out_dir}")
     return lines

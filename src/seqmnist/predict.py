@@ -43,7 +43,7 @@ from seqmnist.data.images import (
     preprocess,
 )
 from seqmnist.data.sequences import STEP_NAMES
-from seqmnist.inference.early_exit import is_sure, reads_everything
+from seqmnist.inference.early_exit import never_sure
 from seqmnist.inference.predictor import Predictor, load_predictor, refuse_early_exit
 from seqmnist.shell import command
 
@@ -186,10 +186,7 @@ def format_result(result: dict[str, Any], step_name: str = "rows") -> str:
     early = result.get("early_exit")
     if early:
         one, thr = step_name.removesuffix("s"), early["threshold"]
-        last = early["step"] == early["steps"]
-        unsure = (
-            last and not reads_everything(thr) and not is_sure(result["top"][0]["probability"], thr)
-        )
+        unsure = never_sure(early["step"], early["steps"], result["top"][0]["probability"], thr)
         ranked += (
             f"  [answered after {one} {early['step']} of {early['steps']} at p >= {thr:g}"
             f"{'; never that sure, so read to the end' if unsure else ''}]"

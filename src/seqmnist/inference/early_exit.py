@@ -81,6 +81,12 @@ def is_sure(probability: float, threshold: float) -> bool:
     return bool(pair[0] >= pair[1])
 
 
+def never_sure(step: int, steps: int, probability: float, threshold: float) -> bool:
+    """Whether an answer at ``step`` of ``steps`` came only because the sequence ended: the
+    threshold (below 1) was never reached."""
+    return step == steps and not reads_everything(threshold) and not is_sure(probability, threshold)
+
+
 def exit_steps(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
     """1-based step at which each image answers, ``(N,)``, from its top probability after
     every step, ``(N, T)``."""

@@ -37,15 +37,16 @@ def check_anytime_loss(name: str, bidirectional: bool) -> None:
         )
 
 
-def step_weights(name: str, steps: int) -> torch.Tensor:
-    """The weight of each step's loss, ``(steps,)`` float32, summing to 1 (module docstring)."""
+def step_weights(name: str, steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The weight of each step's loss, ``(steps,)`` float32 on ``device``, summing to 1
+    (module docstring). Made where the loss is: no host-to-GPU copy in a training step."""
     ANYTIME_LOSS.check("model.anytime_loss", name)
     if name == "uniform":
-        return torch.full((steps,), 1.0 / steps)
+        return torch.full((steps,), 1.0 / steps, device=device)
     if name == "linear":
-        t = torch.arange(1, steps + 1, dtype=torch.float32)
+        t = torch.arange(1, steps + 1, dtype=torch.float32, device=device)
         return t / t.sum()
-    weights = torch.zeros(steps)
+    weights = torch.zeros(steps, device=device)
     weights[-1] = 1.0
     return weights
 

@@ -130,7 +130,8 @@ class SeqClassifier(L.LightningModule):
             return F.cross_entropy(logits, y, label_smoothing=smoothing), logits, y
         t = x.shape[1]
         _, steps = self.net(x, steps=range(1, t + 1))
-        loss = anytime_cross_entropy(steps, y, step_weights(weighting, t), smoothing)
+        weights = step_weights(weighting, t, device=steps.device)
+        loss = anytime_cross_entropy(steps, y, weights, smoothing)
         return loss, steps[:, -1], y
 
     def _evaluation_step(self, batch, stage: str):

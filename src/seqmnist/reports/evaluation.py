@@ -127,10 +127,14 @@ def early_exit_report(
     )
     steps = int(answers.confidence.shape[1])
     within = early_exit.point_within(points, budget)
+    front = early_exit.frontier(points)
     return {
         "steps": steps,
-        "points": early_exit.as_rows(points),
-        "frontier": early_exit.as_rows(early_exit.frontier(points)),
+        "points": [
+            {**row, "on_frontier": point in front}
+            for row, point in zip(early_exit.as_rows(points), points, strict=True)
+        ],
+        "frontier": early_exit.as_rows(front),
         "area": early_exit.frontier_area(points, steps, num_classes),
         "budget": budget,
         "within_budget": early_exit.as_rows([within])[0] if within else None,
@@ -385,6 +389,17 @@ def early_exit_models(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [exits] + ([exits["compare"]] if exits.get("compare") else [])
 
 
+def within_budget(model: dict[str, Any], step_name: str) -> str:
+    """The headline early-exit point of one model's report, in words."""
+    q = model["within_budget"]
+    if not q:
+        return f"no threshold reads a mean of {model['budget']:g} {step_name} or fewer"
+    return (
+        f"{100 * q['accuracy']:.2f}% at a mean of {q['mean_steps']:.1f} {step_name} "
+        f"(threshold {q['threshold']:g})"
+    )
+
+
 def early_exit_markdown(result: dict[str, Any]) -> list[str]:
     """``eval.md``'s early-exit section (none for a bidirectional model)."""
     models = early_exit_models(result)
@@ -402,24 +417,16 @@ def early_exit_markdown(result: dict[str, Any]) -> list[str]:
         "",
     ]
     for m in models:
-        on_front = {q["threshold"] for q in m["frontier"]}
-        within = m["within_budget"]
-        best = (
-            f"{100 * within['accuracy']:.2f}% at {within['mean_steps']:.1f} {name} "
-            f"(threshold {within['threshold']:g})"
-            if within
-            else "no threshold reads that few"
-        )
         lines += [
             f"### {m['model']}: frontier area {m['area']:.4f}",
             "",
-            f"Most accurate within a mean of {m['budget']:g} {name}: {best}.",
+            f"Most accurate within a mean of {m['budget']:g} {name}: {within_budget(m, name)}.",
             "",
             f"| threshold | accuracy | mean {name} | p90 {name} | answered early |",
             "| ---: | ---: | ---: | ---: | ---: |",
         ]
         for q in m["points"]:
-            star = "*" if q["threshold"] in on_front else ""
+            star = "*" if q["on_frontier"] else ""
             lines.append(
                 f"| {q['threshold']:g}{star} | {100 * q['accuracy']:.2f}% | "
                 f"{q['mean_steps']:.2f} | {q['p90_steps']:g} | {100 * q['early_share']:.1f}% |"
@@ -473,7 +480,6 @@ def write_csvs(result: dict[str, Any], out: Path) -> None:
     if models:
         rows = []
         for m in models:
-            on_front = {q["threshold"] for q in m["frontier"]}
             rows += [
                 [
                     m["model"],
@@ -482,7 +488,7 @@ def write_csvs(result: dict[str, Any], out: Path) -> None:
                     f"{q['mean_steps']:.4f}",
                     f"{q['p90_steps']:g}",
                     f"{q['early_share']:.6f}",
-                    int(q["threshold"] in on_front),
+                    int(q["on_frontier"]),
                     f"{m['area']:.6f}",
                 ]
                 for q in m["points"]
