@@ -239,7 +239,7 @@ class KillJob(L.Callback):
 
 class SignalAt(L.Callback):
     """A stop signal arriving during training step ``step``, in-process: it does what the
-    handler of :class:`seqmnist.training.faults.StopRequest` does (records the signal), and
+    handler of :class:`seqmnist.training.lifecycle.Lifecycle` does (records the signal), and
     the run then stops as under a real one. Added with ``+callbacks.signal_at._target_=
     tests.helpers.SignalAt +callbacks.signal_at.step=N``; a resume passes
     ``+callbacks.signal_at=null``."""
@@ -248,10 +248,10 @@ class SignalAt(L.Callback):
         self.step = step
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        from seqmnist.training.faults import StopRequest
+        from seqmnist.training.lifecycle import Lifecycle
 
-        if trainer.global_step == self.step and StopRequest.active is not None:
-            StopRequest.active.signal = signal.SIGTERM
+        if trainer.global_step == self.step and Lifecycle.active is not None:
+            Lifecycle.active.signal = signal.SIGTERM
 
 
 # -- e2e: the commands as a user runs them ------------------------------------------------
@@ -322,3 +322,59 @@ class NaNOnRank(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, *args: Any):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             batch[0].fill_(float("nan"))
+
+
+class StopAt(L.Callback):
+    """A real stop signal (``os.kill`` of this process) at one point of a run, once: when
+    ``once`` (a file) does not exist yet; it is made as the signal goes. Points: ``sanity``
+    (the sanity check's start), ``train`` (training batch ``batch`` of ``epoch``, as it
+    starts), ``val`` (validation batch ``batch`` of ``epoch``, not the sanity check), ``test``
+    (test batch ``batch``). Added with ``+callbacks.stop_at._target_=tests.helpers.StopAt``
+    and its keys; a run continued after the stop finds the file and sends nothing."""
+
+    def __init__(
+        self, point: str, once: str, epoch: int = 0, batch: int = 0, sig: int = signal.SIGTERM
+    ) -> None:
+        self.point, self.once = point, Path(once)
+        self.epoch, self.batch, self.sig = epoch, batch, int(sig)
+
+    def _fire(self) -> None:
+        if not self.once.exists():
+            self.once.touch()
+            os.kill(os.getpid(), self.sig)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if self.point == "sanity":
+            self._fire()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, idx: int):
+        if self.point == "train" and (trainer.current_epoch, idx) == (self.epoch, self.batch):
+            self._fire()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module, batch, idx: int, *a):
+        at = (trainer.current_epoch, idx) == (self.epoch, self.batch)
+        if self.point == "val" and not trainer.sanity_checking and at:
+            self._fire()
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module, batch, idx: int, *a) -> None:
+        if self.point == "test" and idx == self.batch:
+            self._fire()
+
+
+class WaitInTest(L.Callback):
+    """Holds a run at the start of its test until a signal has come (at most ``seconds``),
+    so that a SLURM time-limit signal lands once the fit is over. Added with
+    ``+callbacks.wait._target_=tests.helpers.WaitInTest``."""
+
+    def __init__(self, seconds: float = 150) -> None:
+        self.seconds = seconds
+
+    def on_test_start(self, trainer: L.Trainer, *args: Any) -> None:
+        from seqmnist.training.lifecycle import Lifecycle
+
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            life = Lifecycle.active
+            if life is None or life.late is not None:
+                return
+            time.sleep(0.2)

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,14 @@ from seqmnist.jobs.cluster import (
     spread_over_gpus,
 )
 from seqmnist.jobs.resume import resume_config
-from seqmnist.jobs.search import pruning_callback
+from seqmnist.jobs.search import OptunaPruning, pruning_callback
 from seqmnist.jobs.tracking import close, log_settings, prepare, publish, run_ids
 from seqmnist.models import count_parameters, describe
 from seqmnist.shell import exit_on_error, fail, hydra_command
 from seqmnist.training.build import build, build_callbacks, build_group, build_trainer
 from seqmnist.training.config import validate
-from seqmnist.training.faults import StopRequest, last_logged
+from seqmnist.training.faults import last_logged
+from seqmnist.training.lifecycle import Lifecycle, Phase
 from seqmnist.training.settings import net_of, run_settings
 
 log = logging.getLogger("seqmnist.train")
@@ -62,8 +64,47 @@ def run_dir(cfg: DictConfig) -> RunDir:
     return RunDir(Path(cfg.paths.output_dir))
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one configuration; returns the metrics written to ``metrics.json``."""
+@dataclass
+class Job:
+    """What one run is made of once set up."""
+
+    out: RunDir
+    datamodule: L.LightningDataModule
+    model: L.LightningModule
+    trainer: L.Trainer
+    pruning: OptunaPruning | None  # this job is a trial of an Optuna search
+    metrics: dict[str, Any]
+
+
+def train(cfg: DictConfig, life: Lifecycle | None = None) -> dict[str, Any]:
+    """Fit and test one configuration; returns the metrics written to ``metrics.json``.
+
+    The run's phases in order; ``life`` holds the phase, decides what a signal does in each
+    and writes the status (:mod:`seqmnist.training.lifecycle`).
+    """
+    life = life or Lifecycle.active or Lifecycle()
+    job = set_up(cfg)
+    life.begin(job.out, job.metrics, writes=first_process(job.trainer))
+    try:
+        with one_job(job.out.resolved_config, job.trainer):
+            life.enter(Phase.FIT)
+            fit(cfg, job)
+            life.stop_after_fit(job.trainer)
+            metrics = test(cfg, job)
+    except BaseException as e:
+        if job.pruning is not None:
+            job.pruning.stop_beating()
+        stopped = isinstance(e, SIGTERMException | KeyboardInterrupt)
+        close(job.trainer.loggers, "killed" if stopped else "failed")
+        raise
+    life.enter(Phase.REPORT)
+    report(job, metrics, life)
+    life.enter(Phase.DONE)
+    return metrics
+
+
+def set_up(cfg: DictConfig) -> Job:
+    """Check the config, then build data module, model, loggers, callbacks and Trainer."""
     validate(cfg)
     skip_nvml_probe_without_nvml()
     if threads := cpu_threads(cfg):
@@ -84,7 +125,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     prepare(cfg.get("logger"))  # the trackers' packages, MLflow's database and experiment
     loggers = build_group(cfg.get("logger"))
     callbacks = build_callbacks(cfg)
-    pruning = pruning_callback(cfg)  # this job is a trial of an Optuna search
+    pruning = pruning_callback(cfg)
     if pruning is not None:
         callbacks.append(pruning)
     trainer = build_trainer(cfg, callbacks=callbacks, logger=loggers or False)
@@ -100,48 +141,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ids := run_ids(trainer.loggers):  # MLflow / W&B runs that resume= continues
             metrics["tracking"] = ids
         out.save_config(cfg)
-        # Replaced at the end; a report of a sweep in progress shows this job as running.
-        out.write_metrics(metrics)
-
-    try:
-        with one_job(out.resolved_config, trainer):
-            metrics = fit_and_test(cfg, trainer, model, datamodule, pruning, metrics)
-    except BaseException as e:
-        if pruning is not None:
-            pruning.stop_beating()
-        stopped = isinstance(e, SIGTERMException | KeyboardInterrupt)
-        close(trainer.loggers, "killed" if stopped else "failed")
-        raise
-    if trainer.is_global_zero:
-        out.write_metrics(metrics)
-        if pruning is not None:  # a search's trial: the job tells its own result
-            pruning.finish(metrics, metrics["optimized_metric"])
-        publish(trainer.loggers, metrics.get("best_ckpt"), out.metrics_file)
-        if metrics["status"] == "pruned":
-            epoch = metrics["pruned_at_epoch"]
-            log.info(f"trial pruned after epoch {epoch}; {summary_line(metrics)}")
-        else:
-            log.info(summary_line(metrics))
-    return metrics
+    return Job(out, datamodule, model, trainer, pruning, metrics)
 
 
-def fit_and_test(
-    cfg: DictConfig,
-    trainer: L.Trainer,
-    model: L.LightningModule,
-    datamodule: L.LightningDataModule,
-    pruning: L.Callback | None,
-    metrics: dict[str, Any],
-) -> dict[str, Any]:
-    """``Trainer.fit``, then ``Trainer.test`` of the best checkpoint; the metrics so far."""
+def fit(cfg: DictConfig, job: Job) -> None:
+    """``Trainer.fit`` (resumed from ``ckpt_path`` when given)."""
     started = time.perf_counter()
     if cfg.get("train", True):
         # Our checkpoints hold only tensors and plain values: no unpickling of objects.
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    stop = StopRequest.active
-    if stop is not None and stop.agreed(trainer):  # a signal during the last validation
-        raise SIGTERMException()
-    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+        job.trainer.fit(
+            job.model,
+            datamodule=job.datamodule,
+            ckpt_path=cfg.get("ckpt_path"),
+            weights_only=True,
+        )
+    job.metrics["train_seconds"] = round(time.perf_counter() - started, 2)
+
+
+def test(cfg: DictConfig, job: Job) -> dict[str, Any]:
+    """The fit's figures, then ``Trainer.test`` of the best checkpoint; the run's metrics."""
+    trainer, metrics = job.trainer, job.metrics
     metrics["epochs"] = trainer.current_epoch
     metrics["world_size"] = trainer.world_size
     metrics["nodes"] = rank_nodes(trainer)  # a collective: every rank gets here
@@ -152,6 +171,7 @@ def fit_and_test(
     ckpt_cb = trainer.checkpoint_callback
     best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
     metrics["best_ckpt"] = best_path or None
+    pruning = job.pruning
     if pruning is not None and pruning.pruned_at_epoch is not None:
         # Neither a failure nor a completion: the search stopped it. No test: its score
         # would be of a model the search has given up on.
@@ -161,8 +181,8 @@ def fit_and_test(
         # Without training (train=false), the checkpoint given is the one to test.
         tested = best_path or (None if cfg.get("train", True) else cfg.get("ckpt_path"))
         results = trainer.test(
-            model,
-            datamodule=datamodule,
+            job.model,
+            datamodule=job.datamodule,
             ckpt_path=tested,
             verbose=False,
             weights_only=True,
@@ -170,6 +190,22 @@ def fit_and_test(
         metrics.update({k: float(v) for k, v in results[0].items() if k.startswith("test/")})
     metrics["status"] = "completed"
     return metrics
+
+
+def report(job: Job, metrics: dict[str, Any], life: Lifecycle) -> None:
+    """``metrics.json``, the search trial's result, the trackers' files, the summary line."""
+    trainer = job.trainer
+    if not trainer.is_global_zero:
+        return
+    life.finish(metrics)
+    if job.pruning is not None:  # a search's trial: the job tells its own result
+        job.pruning.finish(metrics, metrics["optimized_metric"])
+    publish(trainer.loggers, metrics.get("best_ckpt"), job.out.metrics_file)
+    if metrics["status"] == "pruned":
+        epoch = metrics["pruned_at_epoch"]
+        log.info(f"trial pruned after epoch {epoch}; {summary_line(metrics)}")
+    else:
+        log.info(summary_line(metrics))
 
 
 def summary_line(m: dict[str, Any]) -> str:
@@ -183,22 +219,6 @@ def summary_line(m: dict[str, Any]) -> str:
         f"| test_acc {pct('test/acc')} "
         f"| epochs {m['epochs']} | {m['train_seconds']:.1f} s"
     )
-
-
-def interrupted(cfg: DictConfig, stop: StopRequest) -> int:
-    """A signal stopped the run: say where its checkpoint is and how to continue."""
-    out = run_dir(cfg)
-    if out.last_ckpt.is_file():
-        hint = (
-            f"checkpoint {out.last_ckpt}; continue with: python -m seqmnist.train resume={out.path}"
-        )
-    else:
-        hint = "it stopped before its first checkpoint, so there is nothing to resume"
-    message = f"stopped by {stop.name}; {hint}"
-    if out.metrics_file.exists():
-        out.record_status(message, status="interrupted")
-    log.error(message)
-    return stop.exit_code
 
 
 def continuing(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, list[str]]:
@@ -226,25 +246,24 @@ def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, flo
     SIGUSR1/SIGUSR2 likewise, 138 / 140). A SLURM batch job stopped by its time limit
     requeues itself (``requeue``) and exits, to continue when SLURM starts it again.
     """
-    with StopRequest() as stop:
+    with Lifecycle() as life:
         try:
             cfg, overrides = continuing(cfg, overrides)
             if cfg.get("resume"):
                 resumed = resume_config(cfg, overrides)
                 read_checkpoint(Path(resumed.ckpt_path))  # a corrupt file: one clear message
                 cfg = resumed  # from here on, failures are recorded in the resumed run's dir
-            metrics = train(cfg)
+            metrics = train(cfg, life)
         except SIGTERMException:
-            status = interrupted(cfg, stop)
-            if requeue_job(stop.signal, enabled=bool(cfg.get("requeue", True))):
+            status = life.interrupted(run_dir(cfg))
+            if requeue_job(life.signal, enabled=bool(cfg.get("requeue", True))):
                 # No result for submitit: the sweep waits on for the job's next start.
                 raise SystemExit(status) from None
             return status, None
         except Exception as e:
             # A job that got as far as starting (metrics.json exists) is marked failed; a
             # config rejected up front leaves nothing behind in a single run.
-            if multirun or run_dir(cfg).metrics_file.exists():
-                run_dir(cfg).record_status(e)
+            Lifecycle.failed(run_dir(cfg), e, record=multirun)
             if isinstance(e, SeqMNISTError):
                 code = fail(e, log)
                 return (0 if multirun else code), float("nan")
@@ -265,9 +284,9 @@ def run_rank(config_file: Path) -> int:
     rank = os.environ.get("LOCAL_RANK", "?")
     logging.basicConfig(level=logging.WARNING, format=f"[rank: {rank}] %(message)s")
     cfg = OmegaConf.load(config_file)
-    with StopRequest():
+    with Lifecycle() as life:
         try:
-            train(cfg)
+            train(cfg, life)
         except (SIGTERMException, SeqMNISTError):
             return 0
     return 0

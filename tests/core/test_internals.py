@@ -16,12 +16,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from seqmnist.core.internals import (
     batches_done_this_epoch,
+    begin_epoch_afresh,
+    epoch_in_progress,
+    forget_lightning_sigterm,
     is_logging_step,
     optuna_trial_id,
     quiet_console,
     rank_zero_rank,
+    send_batch_logs,
     set_rank_zero_rank,
     stop_child_process_observers,
+    validation_or_epoch_end_follows,
 )
 
 
@@ -154,3 +159,117 @@ def test_optuna_trial_id_reaches_the_trial_in_its_storage() -> None:
     assert trial.number == 0 and optuna_trial_id(trial) == 1
     again = optuna.trial.Trial(study, optuna_trial_id(trial))
     assert again.params == trial.params and again.number == 0
+
+
+class Validates(Probe):
+    def validation_step(self, batch, batch_idx):
+        return None
+
+
+class Stopped(Exception):
+    """Ends a fit in a test, as a stop would."""
+
+
+class Boundaries(L.Callback):
+    """Records what the stop-point accessors say at each batch's end and epoch's start."""
+
+    def __init__(self) -> None:
+        self.follows: list[bool] = []
+        self.in_progress: list[tuple[str, bool]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        self.follows.append(validation_or_epoch_end_follows(trainer))
+        self.in_progress.append(("batch", epoch_in_progress(trainer)))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+        self.in_progress.append(("epoch start", epoch_in_progress(trainer)))
+
+
+def test_where_a_validation_or_the_epochs_end_follows_a_batch(tmp_path: Path) -> None:
+    probe, seen = Validates(), Boundaries()
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=2)  # 6 batches
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        val_check_interval=3,  # a validation after batches 3 and 6 of each epoch
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[seen],
+    )
+    trainer.fit(probe, data, data)
+    assert seen.follows == [False, False, True, False, False, True] * 2
+    # At the next epoch's start the last one's batch count is still there: between epochs.
+    assert seen.in_progress == ([("epoch start", False)] + [("batch", True)] * 6) * 2
+
+
+def test_an_epoch_start_restore_reads_the_new_epoch_from_its_first_batch(tmp_path: Path) -> None:
+    """Saved at epoch 1's start hook and restored, the fit reads epoch 1's 6 batches (left to
+    Lightning, its batch loop restarts as if on epoch 0's last batch and reads one batch,
+    counted as the 7th of 6)."""
+
+    class SaveAtEpochOneStart(L.Callback):
+        def on_train_epoch_start(self, trainer: L.Trainer, *args) -> None:
+            if trainer.current_epoch == 1 and not (tmp_path / "e1.ckpt").exists():
+                trainer.save_checkpoint(tmp_path / "e1.ckpt")
+                raise Stopped
+
+    class AfreshOnStart(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, *args) -> None:
+            begin_epoch_afresh(trainer)
+
+    data = DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=2)
+    kwargs = dict(
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(Stopped):
+        L.Trainer(**kwargs, callbacks=[SaveAtEpochOneStart()]).fit(Probe(), data)
+    read = {}
+    for fixed in (False, True):
+        probe = Probe()
+        callbacks = [AfreshOnStart()] if fixed else []
+        L.Trainer(**kwargs, callbacks=callbacks).fit(probe, data, ckpt_path=tmp_path / "e1.ckpt")
+        read[fixed] = probe.done_before
+    assert read == {False: [6], True: [0, 1, 2, 3, 4, 5]}
+
+
+def test_a_batchs_logs_are_sent_and_lightnings_sigterm_flag_cleared(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    class LogsThenStops(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+            if trainer.global_step == 2:
+                send_batch_logs(trainer)
+                trainer._signal_connector.received_sigterm = True
+                forget_lightning_sigterm(trainer)
+                assert not trainer.received_sigterm
+                raise Stopped
+
+    class Logs(Probe):
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.log("loss", loss)
+            return loss
+
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        log_every_n_steps=1,
+        logger=CSVLogger(tmp_path, name="csv", version=""),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LogsThenStops()],
+    )
+    with pytest.raises(Stopped):
+        trainer.fit(Logs(), DataLoader(TensorDataset(torch.randn(12, 2)), batch_size=2))
+    trainer.loggers[0].save()
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    # The step the stop came after (global step 2 at its end is step index 1) is there too.
+    assert [r.split(",")[-1] for r in rows[1:]] == ["0", "1"]

@@ -70,6 +70,32 @@ def test_a_time_limit_mid_run_requeues_the_job_and_it_ends_as_if_never_stopped(
     assert all(torch.equal(a[k], b[k]) for k in a), "the weights differ"
 
 
+def test_a_time_limit_once_the_fit_is_over_lets_the_job_complete(
+    synthetic_root: Path, tmp_path: Path, cluster: dict[str, str]
+) -> None:
+    """The time-limit signal lands in the test (the run waits there for it): the run
+    finishes, the job is not requeued, and SLURM records it COMPLETED."""
+    sweep = tmp_path / "sweep"
+    proc = sweep_on_slurm(
+        synthetic_root,
+        sweep,
+        "+callbacks.wait._target_=tests.helpers.WaitInTest",
+        "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=60",
+        env=cluster,
+        timeout=400,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    log = (sweep / "0" / "train.log").read_text()
+    assert "SIGUSR2 (the job's time limit) during the run's test: it finishes first" in log
+    assert "requeued" not in log
+    assert metrics_of(sweep / "0")["status"] == "completed"
+    (job,) = slurm_job_ids(sweep)
+    time.sleep(1)
+    assert sacct_states([job], cluster)[job] == "COMPLETED"
+
+
 def test_scancel_leaves_the_run_interrupted_and_resumable(
     synthetic_root: Path, tmp_path: Path, cluster: dict[str, str]
 ) -> None:

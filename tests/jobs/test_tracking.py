@@ -293,7 +293,7 @@ def test_a_failed_run_closes_its_tracker_runs(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(train_module, "fit_and_test", broken)
+    monkeypatch.setattr(train_module, "fit", broken)
     log_dir = tmp_path / "outputs"
     with pytest.raises(RuntimeError, match="boom"):
         train_in_process(

@@ -114,7 +114,7 @@ def test_builds_model_callbacks_loggers(synthetic_root: Path) -> None:
         "RichModelSummary",
     ]
     assert sorted(type(lg).__name__ for lg in build_group(cfg.logger)) == [
-        "CSVLogger",
+        "ResumableCSVLogger",
         "TensorBoardLogger",
     ]
 

@@ -17,7 +17,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seqmnist.train import run
-from seqmnist.training.faults import AtomicCheckpointIO, FaultTolerance, StopRequest, rng_states
+from seqmnist.training.faults import AtomicCheckpointIO, FaultTolerance, rng_states
+from seqmnist.training.lifecycle import Lifecycle, Phase
 from tests.helpers import FAST, PROJECT_ROOT, compose_config, metrics_of, user_env
 
 # Two epochs of 16 steps (500 synthetic training images, batch 32), a last.ckpt every 3
@@ -143,18 +144,51 @@ class _OneProcess:
         (signal.SIGUSR2, 140, "SIGUSR2 (the job's time limit)"),
     ],
 )
-def test_a_signal_is_recorded_during_a_stage_and_raises_outside_one(
+def test_a_signal_is_recorded_during_the_fit_and_raises_during_setup(
     sig: int, code: int, name: str
 ) -> None:
-    with StopRequest() as stop:
-        stop.deferring = True
+    with Lifecycle() as life:
+        life.enter(Phase.FIT)
         os.kill(os.getpid(), sig)
-        assert stop.signal == sig and stop.agreed(_OneProcess())
-        assert (stop.exit_code, stop.name) == (code, name)
-        stop.deferring = False
-        with pytest.raises(SIGTERMException):
-            os.kill(os.getpid(), signal.SIGTERM)
-    assert StopRequest.active is None
+        assert life.signal == sig and life.agreed(_OneProcess())
+        assert (life.exit_code, life.name) == (code, name)
+    assert Lifecycle.active is None
+    with Lifecycle(), pytest.raises(SIGTERMException):
+        os.kill(os.getpid(), signal.SIGTERM)  # in setup: nothing to save, the run ends
+
+
+@pytest.mark.parametrize("phase", [Phase.TEST, Phase.REPORT, Phase.DONE])
+def test_a_signal_once_the_fit_is_over_is_noted_not_obeyed(phase: Phase) -> None:
+    with Lifecycle() as life:
+        life.enter(phase)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert life.signal is None and not life.agreed(_OneProcess())
+        assert life.late == (None if phase is Phase.DONE else signal.SIGUSR2)
+
+
+def test_a_submitit_job_ignores_the_time_limit_signals_once_its_run_has_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """submitit's own handler would requeue the finished job and exit -1, and Python resets
+    its handlers to the default action (which kills) as the interpreter ends."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+        with Lifecycle():
+            pass
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+        monkeypatch.delenv("SUBMITIT_EXECUTOR")
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        with Lifecycle():
+            pass
+        assert {s: signal.getsignal(s) for s in before} == before  # elsewhere: put back
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:

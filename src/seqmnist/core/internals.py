@@ -30,6 +30,47 @@ def batches_done_this_epoch(trainer: L.Trainer) -> int:
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
 
+def epoch_in_progress(trainer: L.Trainer) -> bool:
+    """Whether the fit is inside an epoch (from its start hooks to its end hooks), rather
+    than between two: at the next epoch's start hook the last epoch's batch counter is not
+    reset yet."""
+    progress = trainer.fit_loop.epoch_progress.current
+    return progress.started > progress.completed
+
+
+def validation_or_epoch_end_follows(trainer: L.Trainer) -> bool:
+    """At a training batch's end: whether a validation or the epoch's end (its hooks, its
+    scheduler step) comes before the next batch (Lightning's own rules for both)."""
+    loop = trainer.fit_loop.epoch_loop
+    fetcher = trainer.fit_loop._data_fetcher
+    return bool(loop._is_training_done or loop._should_check_val_fx(fetcher))
+
+
+def begin_epoch_afresh(trainer: L.Trainer) -> None:
+    """A fit restored from a checkpoint saved at an epoch's start hook (Lightning's
+    ``RESTARTED_ON_EPOCH_START``) calls that epoch's start hooks again, but its batch loop
+    restarts as if it had stopped on the last epoch's last batch, and reads one batch
+    counted past the end. That epoch was whole: the batch loop starts the new one afresh,
+    as in a run never stopped."""
+    fit_loop = trainer.fit_loop
+    if fit_loop.restarted_on_epoch_start:
+        fit_loop.epoch_loop.restarting = False
+
+
+def send_batch_logs(trainer: L.Trainer) -> None:
+    """Send the figures logged in the current training batch to the loggers now: Lightning
+    sends them after the batch-end hooks, which a stop made in one of them never reaches."""
+    connector = trainer._logger_connector
+    connector.on_batch_end()
+    connector.update_train_step_metrics()
+
+
+def forget_lightning_sigterm(trainer: L.Trainer) -> None:
+    """Clear the flag Lightning's own SIGTERM handler sets (it would end the fit at the
+    epoch's end, without a checkpoint): the run's lifecycle has the signal and acts on it."""
+    trainer._signal_connector.received_sigterm = False
+
+
 def stop_child_process_observers() -> int:
     """Stop Lightning's watcher threads of DDP ranks it started (``_ChildProcessObserver``,
     which SIGKILLs this process when a rank ends with a non-zero code); how many."""

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from seqmnist.core.checks import OPTIONAL_BOOLEAN, Rule, check_all, int_at_least, one_of
 from seqmnist.core.compat import datamodule_state
 from seqmnist.core.errors import ConfigError
-from seqmnist.core.internals import batches_done_this_epoch
+from seqmnist.core.internals import batches_done_this_epoch, epoch_in_progress
 from seqmnist.data import idx
 from seqmnist.data.augment import BatchAugment
 from seqmnist.data.idx import DATASETS, default_data_root, load_split, missing_files
@@ -273,7 +273,9 @@ class SeqMNISTDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and trainer.state.fn == "fit":
             done = batches_done_this_epoch(trainer)
-            if done >= trainer.num_training_batches:  # epoch finished: next one from the start
+            if not epoch_in_progress(trainer):  # between epochs: the next one from its start
+                state["train_batches"] = (trainer.current_epoch, 0)
+            elif done >= trainer.num_training_batches:  # epoch read: next one from the start
                 state["train_batches"] = (trainer.current_epoch + 1, 0)
             else:
                 state["train_batches"] = (trainer.current_epoch, done)

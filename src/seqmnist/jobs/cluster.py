@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from seqmnist.core.internals import (
 )
 from seqmnist.core.machine import usable_cpus
 from seqmnist.core.rundir import RunDir
+from seqmnist.training.lifecycle import TIME_LIMIT_SIGNALS
 
 log = logging.getLogger("seqmnist.cluster")
 
@@ -228,17 +228,17 @@ def spread_over_gpus(cfg: DictConfig) -> None:
 
 
 # -- SLURM: time limits, requeue, and where the ranks ran -------------------------------
-# SIGUSR2 is what submitit asks SLURM to send before the time limit (signal_delay_s);
-# SIGUSR1 what Lightning's docs ask for (#SBATCH --signal=USR1@90).
-TIME_LIMIT_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-
-
 def slurm_batch_job() -> str | None:
     """The id of the SLURM batch job this process is a task of (``sbatch``, which submitit
     uses too); None outside one, and in an interactive ``salloc``/``srun`` session, which
-    cannot be requeued."""
+    cannot be requeued. A task of a job array is named ``<array job>_<task>``: the array's
+    own id (which the array's first task also has as ``SLURM_JOB_ID``) names every task of
+    it, and ``scontrol requeue`` of that would requeue them all, finished ones included."""
     job = os.environ.get("SLURM_JOB_ID")
-    return job if job and os.environ.get("ENVIRONMENT") == "BATCH" else None
+    if not job or os.environ.get("ENVIRONMENT") != "BATCH":
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else job
 
 
 def requeue_job(signum: int | None, enabled: bool = True) -> bool:

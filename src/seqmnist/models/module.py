@@ -150,10 +150,6 @@ class SeqClassifier(L.LightningModule):
         return F.cross_entropy(logits, y), logits, y
 
     # -- training -------------------------------------------------------------------
-    def on_train_start(self) -> None:
-        # The sanity-check validation pass must not count as a best score.
-        self.val_acc_best.reset()
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, logits, y = self._training_loss(batch)
         # Epoch aggregates are plain metric updates (no per-step compute or sync); the
@@ -219,6 +215,10 @@ class SeqClassifier(L.LightningModule):
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
+        # The sanity check's few batches are no epoch: not a best score. (Never reset at the
+        # fit's start: a resumed run's best is restored from its checkpoint.)
+        if self._trainer is not None and self._trainer.sanity_checking:
+            return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 

@@ -1,5 +1,6 @@
-"""Surviving faults: RNG state in checkpoints, atomic checkpoint files, clean stops on
-signals (Ctrl+C, SIGTERM, the SLURM time-limit signals), on one process or many.
+"""Surviving faults: RNG state in checkpoints, atomic checkpoint files, and the clean stop
+inside a fit that a signal asks for (:mod:`seqmnist.training.lifecycle` decides what a
+signal does in each phase of a run), on one process or many.
 
 A run killed at any point and resumed from its ``last.ckpt`` (``seqmnist.jobs.resume``)
 ends with the same metrics as an uninterrupted run (on CPU, single process) because
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seqmnist.core.compat import cuda_rng_state
 from seqmnist.core.files import atomic_file
-from seqmnist.core.internals import is_logging_step
+from seqmnist.core.internals import (
+    begin_epoch_afresh,
+    forget_lightning_sigterm,
+    is_logging_step,
+    send_batch_logs,
+    validation_or_epoch_end_follows,
+)
 from seqmnist.core.rundir import LAST_CKPT, RunDir
+from seqmnist.training.lifecycle import Lifecycle, Phase
 
 log = logging.getLogger("seqmnist.faults")
 
@@ -76,91 +83,6 @@ def _as_tuple(value: Any) -> Any:
     return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-# Signals that ask a run to stop cleanly: SIGTERM (kill, Kubernetes, SLURM's end of job),
-# SIGUSR1 (the signal Lightning's SLURM docs ask for with `#SBATCH --signal=USR1@90`),
-# SIGUSR2 (what submitit asks SLURM to send before the time limit). Ctrl+C is handled too.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-SIGNAL_NAMES = {
-    signal.SIGINT: "Ctrl+C",
-    signal.SIGTERM: "SIGTERM",
-    signal.SIGUSR1: "SIGUSR1 (the job's time limit)",
-    signal.SIGUSR2: "SIGUSR2 (the job's time limit)",
-}
-
-
-class StopRequest:
-    """A stop asked for by a signal, acted on where every process can agree.
-
-    The handlers only record the signal: no collective and no checkpoint inside a signal
-    handler, where it could interleave with a collective already in flight. During a
-    Trainer stage (``deferring``) :class:`FaultTolerance` acts on it at the end of a
-    training batch, on every DDP rank at the same step (see :meth:`agreed`); outside one
-    it raises ``SIGTERMException`` at once.
-
-    ``with StopRequest() as stop:`` installs the handlers; the first Ctrl+C asks for a
-    clean stop, a second one aborts.
-    """
-
-    active: StopRequest | None = None
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.deferring = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is None:
-            self.signal = signum
-        if signum == signal.SIGINT:
-            log.warning("Ctrl+C: stopping after this batch with a checkpoint (again: abort now)")
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        if not self.deferring:
-            raise SIGTERMException()
-
-    def take_over(self) -> None:
-        """(Re)install the handlers. Lightning installs its own SIGTERM handler when a stage
-        starts, which stops each rank on its own and broadcasts from inside the handler;
-        :class:`FaultTolerance` calls this from its stage-start hooks to replace it."""
-        handlers = {sig: self._handle for sig in STOP_SIGNALS}
-        if self.signal is None or self.signal != signal.SIGINT:
-            handlers[signal.SIGINT] = self._handle
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-
-    def agreed(self, trainer: L.Trainer) -> bool:
-        """Whether any process of the run was asked to stop (an all-reduce under DDP, so
-        every rank stops at the same batch)."""
-        if trainer.world_size == 1:
-            return self.signal is not None
-        flag = torch.tensor([self.signal or 0], device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        agreed = int(flag)
-        if agreed and self.signal is None:
-            self.signal = agreed  # another rank's signal: the same exit status everywhere
-        return agreed > 0
-
-    @property
-    def name(self) -> str:
-        return SIGNAL_NAMES.get(self.signal or signal.SIGTERM, f"signal {self.signal}")
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention: 128 + the signal number."""
-        return 128 + int(self.signal or signal.SIGTERM)
-
-    def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, *STOP_SIGNALS):
-            self._previous[sig] = signal.getsignal(sig)
-        self.take_over()
-        StopRequest.active = self
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        StopRequest.active = None
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def logged(trainer: L.Trainer) -> dict[str, float]:
     """The scalar figures the run has logged so far (``trainer.callback_metrics``)."""
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -187,8 +109,12 @@ class FaultTolerance(L.Callback):
     sanity check or the loaders drew in between. Under DDP each rank's generators are
     saved (gathered into rank 0's file) and each rank gets its own back.
 
-    A signal (see :class:`StopRequest`) lets the current batch finish; then every rank
-    saves ``last.ckpt`` together and raises ``SIGTERMException``.
+    A signal during the fit (see :class:`~seqmnist.training.lifecycle.Lifecycle`) lets the
+    current training batch finish; then every rank saves ``last.ckpt`` together and raises
+    ``SIGTERMException``. Where validation or the epoch's end follows the batch, they run
+    first and the stop comes at the next epoch's start, or at the fit's end: a stop never
+    skips a validation (its checkpoint, early stopping, plateau step, search report), and
+    the resumed run's loop counters are those of a run never stopped.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str = LAST_CKPT) -> None:
@@ -196,7 +122,6 @@ class FaultTolerance(L.Callback):
         self.filename = filename
         self._pending: dict[str, Any] | None = None
         self._trainer: L.Trainer | None = None
-        self.saved_on_signal: str | None = None
         # The logged figures of the checkpoint this run was restored from (see logged).
         self.restored_metrics: dict[str, float] = {}
 
@@ -238,46 +163,73 @@ class FaultTolerance(L.Callback):
             self._pending = None
 
     # Before the first batch is moved to the device, where training augmentation draws
-    # (seqmnist.data.augment): at the epoch's start, and at the training's start, since
-    # Lightning does not call on_train_epoch_start when it resumes mid-epoch (the loaders
-    # draw nothing from the global RNG in between). The batch start is kept for safety.
-    on_train_epoch_start = on_train_batch_start = _put_back
+    # (seqmnist.data.augment): at the epoch's start (on_train_epoch_start below), and at the
+    # training's start, since Lightning does not call on_train_epoch_start when it resumes
+    # mid-epoch (the loaders draw nothing from the global RNG in between). The batch start
+    # is kept for safety.
+    on_train_batch_start = _put_back
 
     # -- signals ---------------------------------------------------------------------
-    def _stage_starts(self, *args: Any) -> None:
-        stop = StopRequest.active
-        if stop is not None:
-            stop.take_over()
-            stop.deferring = True
+    def _stage_starts(self, trainer: L.Trainer, *args: Any) -> None:
+        life = Lifecycle.active
+        if life is not None:
+            life.take_over()
+            if life.signal is not None:  # Lightning's handler saw it first: ours acts on it
+                forget_lightning_sigterm(trainer)
 
-    on_sanity_check_start = on_validation_start = _stage_starts
+    on_sanity_check_start = on_validation_start = on_test_start = on_predict_start = _stage_starts
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._stage_starts()
+        self._stage_starts(trainer)
         self._put_back(trainer)
-
-    on_test_start = on_predict_start = _stage_starts
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if StopRequest.active is not None:
-            StopRequest.active.deferring = False
+        begin_epoch_afresh(trainer)  # restored from a stop at an epoch's start
 
     def checkpoint_path(self, trainer: L.Trainer) -> Path:
         folder = self.dirpath or RunDir(trainer.default_root_dir).checkpoints
         return Path(folder) / self.filename
 
+    def _save(self, trainer: L.Trainer) -> None:
+        """``last.ckpt`` (every rank takes part: the generators are gathered)."""
+        trainer.save_checkpoint(self.checkpoint_path(trainer), weights_only=False)
+
+    def _stop(self, trainer: L.Trainer, after_batch: bool = False) -> None:
+        """Every rank saves ``last.ckpt`` together, then the fit ends."""
+        if after_batch:
+            send_batch_logs(trainer)  # the batch's figures reach the loggers, as unstopped
+        self._save(trainer)
+        raise SIGTERMException()
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        stop = StopRequest.active
-        if stop is None:
-            return
+        life = Lifecycle.active
+        if life is None or (trainer.world_size == 1 and life.signal is None):
+            return  # the common case, every step: nothing asked, nothing to decide
         # Under DDP the ranks agree on the logging steps only (every log_every_n_steps,
         # where the loss is read back anyway): no extra device sync on the other steps.
         if trainer.world_size > 1 and not is_logging_step(trainer):
             return
-        if not stop.agreed(trainer):
+        if validation_or_epoch_end_follows(trainer):
+            return  # stopping here would skip them: the stop comes once they are done
+        if life.agreed(trainer):
+            self._stop(trainer, after_batch=True)  # the batch is done on every rank
+
+    # Between two epochs, and at the fit's end, last.ckpt is written whatever else happens:
+    # Lightning's ModelCheckpoint writes last.ckpt only beside a new best one, so after an
+    # epoch that is not the best it would lag, and so would a run continued with more
+    # epochs. A resume from here starts the next epoch exactly (the stop matrix's test).
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._put_back(trainer)
+        life = Lifecycle.active
+        stop = life is not None and life.agreed(trainer)
+        if trainer.current_epoch > 0 or stop:
+            self._save(trainer)
+        if stop:
+            raise SIGTERMException()  # the last epoch is whole: validated, stepped, reported
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+        life = Lifecycle.active
+        if life is None:
             return
-        # The batch has finished on every rank: a clean point to save and stop.
-        path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)
-        self.saved_on_signal = str(path)
-        raise SIGTERMException()
+        if life.agreed(trainer):
+            raise SIGTERMException()  # saved above: the resumed run only tests
+        life.enter(Phase.TEST)  # from here on, a signal lets the run finish
