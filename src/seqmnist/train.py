@@ -29,6 +29,7 @@ from seqmnist.core.machine import skip_nvml_probe_without_nvml
 from seqmnist.core.rundir import RunDir
 from seqmnist.inference.checkpoints import read_checkpoint
 from seqmnist.jobs.cluster import (
+    Requeue,
     check_shared_run_dir,
     cpu_threads,
     export_submitit_ranks,
@@ -256,9 +257,14 @@ def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, flo
             metrics = train(cfg, life)
         except SIGTERMException:
             status = life.interrupted(run_dir(cfg))
-            if requeue_job(life.signal, enabled=bool(cfg.get("requeue", True))):
-                # No result for submitit: the sweep waits on for the job's next start.
-                raise SystemExit(status) from None
+            requeue = requeue_job(life.signal, enabled=bool(cfg.get("requeue", True)))
+            if requeue is Requeue.FAILED:
+                life.not_requeued(run_dir(cfg))
+            elif requeue is not None:
+                # No result for submitit: the sweep waits on for the job's next start. A
+                # task other than the first exits 0, so that srun (KillOnBadExit) does not
+                # end the first task before it has asked SLURM to requeue the job.
+                raise SystemExit(0 if requeue is Requeue.BY_FIRST_TASK else status) from None
             return status, None
         except Exception as e:
             # A job that got as far as starting (metrics.json exists) is marked failed; a

@@ -185,7 +185,8 @@ def test_only_a_batch_job_stopped_by_its_time_limit_is_requeued(monkeypatch) -> 
     assert not cluster.requeue_job(signal.SIGTERM)  # scancel, kill: stays stopped
     assert not cluster.requeue_job(signal.SIGUSR2, enabled=False)  # requeue=false
     monkeypatch.setenv("SLURM_PROCID", "1")
-    assert cluster.requeue_job(signal.SIGUSR1)  # rank 0 asks SLURM; the others just exit
+    # The first task asks SLURM; the others leave it to it.
+    assert cluster.requeue_job(signal.SIGUSR1) is cluster.Requeue.BY_FIRST_TASK
 
 
 def test_a_requeued_job_continues_from_its_last_checkpoint(tmp_path, monkeypatch) -> None:

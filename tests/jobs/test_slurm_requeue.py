@@ -30,15 +30,31 @@ LONG = [
 SLOW = ["+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.5"]
 
 
+def sacct_runs(job: str, cluster: dict[str, str]) -> list[str]:
+    """Every start of a job (``-D``: requeued ones too), oldest first: their states."""
+    return subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job],
+        env={**os.environ, **cluster},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+
 def test_a_time_limit_mid_run_requeues_the_job_and_it_ends_as_if_never_stopped(
     synthetic_root: Path, tmp_path: Path, cluster: dict[str, str]
 ) -> None:
+    """A sweep of two jobs (one SLURM array): job 0 is slow enough for its time limit to land
+    mid-run and requeues its own array task; job 1 finishes first and must run once only (a
+    requeue of the whole array would run it again)."""
     sweep = tmp_path / "sweep"
     proc = sweep_on_slurm(
         synthetic_root,
         sweep,
         *LONG,
         *SLOW,
+        "+callbacks.slow.job=0",
+        "seed=42,7",
         "hydra.launcher.timeout_min=2",
         "hydra.launcher.signal_delay_s=60",
         env=cluster,
@@ -51,15 +67,12 @@ def test_a_time_limit_mid_run_requeues_the_job_and_it_ends_as_if_never_stopped(
     assert "stopped by SIGUSR2 (the job's time limit)" in log  # the signal came mid-run
     assert "requeued: started again, it continues from last.ckpt" in log
     assert "continuing from" in log
-    (job,) = slurm_job_ids(sweep)
-    runs = subprocess.run(
-        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job],
-        env={**os.environ, **cluster},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert runs[0] == "REQUEUED" and runs[-1] == "COMPLETED", runs  # one job, started again
+    job, other = slurm_job_ids(sweep)  # <array>_0, <array>_1
+    runs = {j: sacct_runs(j, cluster) for j in (job, other)}
+    assert runs[job][0] == "REQUEUED" and runs[job][-1] == "COMPLETED", runs  # started again
+    assert runs[other] == ["COMPLETED"], runs  # the other task ran once
+    assert "continuing from" not in (sweep / "1" / "train.log").read_text()
+    assert metrics_of(sweep / "1")["status"] == "completed"
 
     resumed = metrics_of(run_dir)
     assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("last.ckpt")
@@ -93,7 +106,7 @@ def test_a_time_limit_once_the_fit_is_over_lets_the_job_complete(
     assert metrics_of(sweep / "0")["status"] == "completed"
     (job,) = slurm_job_ids(sweep)
     time.sleep(1)
-    assert sacct_states([job], cluster)[job] == "COMPLETED"
+    assert sacct_runs(job, cluster) == ["COMPLETED"]
 
 
 def test_scancel_leaves_the_run_interrupted_and_resumable(

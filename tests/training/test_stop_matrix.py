@@ -129,7 +129,12 @@ def slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "scontrol"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    # Refuses, as a site with JobRequeue=0 would, when SCONTROL_REFUSES is set.
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n'
+        'if [ -n "$SCONTROL_REFUSES" ]; then echo "Requested operation is presently disabled '
+        'for job" >&2; exit 1; fi\n'
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     for key, value in {
@@ -227,6 +232,33 @@ def test_the_slurm_time_limit_requeues_and_the_next_start_ends_as_if_never_stopp
     assert outcome(run_dir, trial) == reference
     same_weights(run_dir / "checkpoints" / "last.ckpt", reference_dir / "checkpoints" / "last.ckpt")
     assert slurm_job.read_text().split() == ["requeue", "4242_0"]  # requeued once only
+
+
+def test_a_requeue_slurm_refuses_leaves_the_run_interrupted_with_the_way_on(
+    synthetic_root: Path, tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No silent success: the job returns (the sweep gets its record), the run says it was
+    not requeued and how to continue."""
+    monkeypatch.setenv("SCONTROL_REFUSES", "1")
+    run_dir = tmp_path / "run"
+    stop = stop_at("train", tmp_path / "sent", sig=int(signal.SIGUSR2), epoch=0, batch=1)
+    assert train(synthetic_root, run_dir, *stop) == 140
+    assert slurm_job.read_text().split() == ["requeue", "4242_0"]
+    record = metrics_of(run_dir)
+    assert record["status"] == "interrupted"
+    assert "SLURM did not requeue the job" in record["error"]
+    assert f"resume={run_dir}" in record["error"]
+
+
+def test_a_task_other_than_the_first_leaves_the_requeue_to_it(
+    synthetic_root: Path, tmp_path: Path, slurm_job: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It exits 0 (srun's KillOnBadExit would otherwise end the first task before it asks
+    SLURM) with no result, and does not call scontrol itself."""
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    stop = stop_at("train", tmp_path / "sent", sig=int(signal.SIGUSR2), epoch=0, batch=1)
+    assert train(synthetic_root, tmp_path / "run", *stop) == 0
+    assert not slurm_job.exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])

@@ -135,7 +135,9 @@ def exit_points(
 
 
 def frontier(points: list[ExitPoint]) -> list[ExitPoint]:
-    """The points no other point beats: fewer or as many steps and a higher accuracy."""
+    """The points no other point beats: fewer or as many steps and a higher accuracy (the
+    thresholds' own trade-offs, for tables and plots; :func:`frontier_area` measures their
+    concave hull, which mixing thresholds reaches)."""
     best: list[ExitPoint] = []
     for point in sorted(points, key=lambda q: (q.mean_steps, -q.accuracy)):
         if not best or point.accuracy > best[-1].accuracy:
@@ -144,20 +146,39 @@ def frontier(points: list[ExitPoint]) -> list[ExitPoint]:
 
 
 def frontier_area(points: list[ExitPoint], steps: int, num_classes: int) -> float:
-    """Area under the accuracy / share-of-steps-read frontier, in [1/C, 1]; higher is better.
+    """Area under the best accuracy reachable at each share of steps read, in [1/C, 1];
+    higher is better.
 
-    The curve starts at (0, 1/C): reading nothing and guessing, which also beats any point
-    no better than chance. It runs straight between frontier points (drawing one of two
-    thresholds at random per image reaches any point between them) and flat after the last
-    one, to a share of 1. A model sure and right after its first step scores close to 1;
-    one right only after its last step, about (1 + 1/C) / 2.
+    Drawing one of two thresholds at random per image reaches any point on the chord
+    between them, so what is reachable is the upper concave hull of the points and of
+    (0, 1/C), reading nothing and guessing; after the last hull point it runs flat to a
+    share of 1 (reading less than allowed is allowed). Points no better than chance, and
+    frontier points under a chord, lie under the hull and count for nothing; so adding a
+    threshold never lowers the area. A model sure and right after its first step scores
+    close to 1; one right only after its last step, about (1 + 1/C) / 2.
     """
     chance = 1.0 / num_classes
-    front = [q for q in frontier(points) if q.accuracy > chance]
-    xs = [0.0] + [q.mean_steps / steps for q in front]
-    ys = [chance] + [q.accuracy for q in front]
+    hull = upper_hull([(0.0, chance)] + [(q.mean_steps / steps, q.accuracy) for q in points])
+    xs, ys = [x for x, _ in hull], [y for _, y in hull]
     area = sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1))
     return area + (1.0 - xs[-1]) * ys[-1]
+
+
+def upper_hull(xy: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The rising part of the upper concave hull of ``xy`` (its first point the lowest x),
+    left to right: the first point, then each one above every chord of the others."""
+    hull: list[tuple[float, float]] = []
+    for x, y in sorted(xy, key=lambda q: (q[0], -q[1])):
+        if hull and (x <= hull[-1][0] or y <= hull[-1][1]):
+            continue  # as far and no higher: dominated (the first point is the start)
+        # Drop the last point while it is on or under the chord from the one before to here.
+        while len(hull) >= 2:
+            (x0, y0), (x1, y1) = hull[-2], hull[-1]
+            if (x1 - x0) * (y - y0) - (y1 - y0) * (x - x0) < 0:
+                break
+            hull.pop()
+        hull.append((x, y))
+    return hull
 
 
 def point_within(points: list[ExitPoint], max_mean_steps: float) -> ExitPoint | None:
@@ -199,16 +220,18 @@ def read_until_sure(
         raise ConfigError(f"chunk={chunk} must be at least 1 step a call")
     n, t, _ = x.shape
     everything = reads_everything(threshold)
-    probs = torch.empty(n, net.head.out_features)
-    steps = torch.full((n,), t, dtype=torch.long)
-    active = torch.arange(n)  # the images still reading, and their sequences
+    # Every tensor made here on x's device: CPU ones would not mix with CUDA outputs.
+    device = x.device
+    probs = torch.empty(n, net.head.out_features, device=device)
+    steps = torch.full((n,), t, dtype=torch.long, device=device)
+    active = torch.arange(n, device=device)  # the images still reading, and their sequences
     rest = x
     state: Any = None
     for start in range(0, t, chunk):
         stop = min(t, start + chunk)
         out, state = net.rnn(rest[:, start:stop], state)
         p = net.head(out).softmax(-1)  # (A, steps of this call, C)
-        sure = torch.zeros(p.shape[:2], dtype=torch.bool)
+        sure = torch.zeros(p.shape[:2], dtype=torch.bool, device=device)
         if not everything:
             sure = p.max(-1).values >= threshold
         if stop == t:

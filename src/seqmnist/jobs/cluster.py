@@ -20,6 +20,7 @@ by torchrun, by SLURM or by submitit; threads and GPUs for parallel jobs of a sw
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import socket
@@ -241,26 +242,34 @@ def slurm_batch_job() -> str | None:
     return f"{array}_{task}" if array and task else job
 
 
-def requeue_job(signum: int | None, enabled: bool = True) -> bool:
+class Requeue(enum.Enum):
+    """What became of a SLURM batch job stopped by its time-limit signal."""
+
+    REQUEUED = "requeued"  # this task asked SLURM, and SLURM took it
+    BY_FIRST_TASK = "by first task"  # another task of the job: its first task asks
+    FAILED = "failed"  # SLURM refused or could not be asked: the run stays interrupted
+
+
+def requeue_job(signum: int | None, enabled: bool = True) -> Requeue | None:
     """After a clean stop on the time-limit signal (``last.ckpt`` saved on every rank): put
-    this batch job back in the queue. The job's first task asks SLURM (``scontrol
-    requeue``); every task then exits without a result, so a sweep waiting on the job goes
-    on waiting for its next start. True if the job is requeued."""
+    this batch job back in the queue. The job's first task asks SLURM (``scontrol requeue``
+    of its own array task); the other tasks leave that to it. None when no requeue applies
+    (not a batch job, another signal, ``requeue=false``)."""
     job = slurm_batch_job()
     if not enabled or job is None or signum not in TIME_LIMIT_SIGNALS:
-        return False
+        return None
     if os.environ.get("SLURM_PROCID", "0") != "0":
-        return True
+        return Requeue.BY_FIRST_TASK
     try:
         subprocess.run(
             ["scontrol", "requeue", job], check=True, capture_output=True, text=True, timeout=60
         )
     except (OSError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", None) or e
-        log.error(f"could not requeue SLURM job {job} ({detail}); continue it with resume=")
-        return False
+        detail = " ".join(str(getattr(e, "stderr", None) or e).split())
+        log.error(f"could not requeue SLURM job {job}: {detail}")
+        return Requeue.FAILED
     log.warning(f"SLURM job {job} requeued: started again, it continues from last.ckpt")
-    return True
+    return Requeue.REQUEUED
 
 
 def requeued_checkpoint(run: RunDir) -> Path | None:

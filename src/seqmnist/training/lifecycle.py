@@ -199,6 +199,17 @@ class Lifecycle:
         log.error(message)
         return self.exit_code
 
+    def not_requeued(self, run: RunDir) -> None:
+        """A time-limit stop whose job SLURM would not requeue: the run stays interrupted,
+        and says how to continue it."""
+        message = (
+            f"stopped by {self.name}, and SLURM did not requeue the job; continue with: "
+            f"python -m seqmnist.train resume={run.path}"
+        )
+        if run.metrics_file.exists():
+            run.record_status(message, status="interrupted")
+        log.error(message)
+
     @staticmethod
     def failed(run: RunDir, error: BaseException, record: bool) -> None:
         """A run that got as far as starting (or any job of a sweep) is marked failed."""
