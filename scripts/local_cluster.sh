@@ -29,8 +29,25 @@ PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || tru
 say() { echo "cluster: $*"; }
 die() { echo "cluster: error: $*" >&2; exit 2; }
 
-alive() {  # alive PIDFILE: the process named in the pid file runs
-  [ -s "$1" ] && kill -0 "$(head -1 "$1")" 2>/dev/null
+alive() {  # alive PIDFILE NEEDLE: the process named in the pid file runs and is ours: its
+  # command line (or, for a daemon started without arguments, its environment) names NEEDLE,
+  # a path under $DIR. A stale pid file whose number went to another process is not.
+  [ -s "$1" ] || return 1
+  local pid
+  pid="$(head -1 "$1")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2" && return 0
+  tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qxF -- "$2"
+}
+
+port_busy() {  # port_busy PORT: something accepts connections on 127.0.0.1:PORT
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+free_port() {  # free_port PORT WHAT: refuse a port another process holds, before starting
+  if port_busy "$1"; then
+    die "port $1 (for $2) is in use by another process. Fix: stop that process, or move the cluster's ports: CLUSTER_PORT_BASE=<another base> make cluster-up (it uses base+6 to base+50)."
+  fi
 }
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll until the command succeeds
@@ -72,7 +89,7 @@ install_missing() {
 # -- munge: the credentials SLURM's daemons and commands share ---------------------------
 start_munge() {
   local d="$DIR/munge"
-  if alive "$d/munged.pid"; then say "munge is running"; return; fi
+  if alive "$d/munged.pid" "$d/munge.socket"; then say "munge is running"; return; fi
   mkdir -p "$d"; chmod 700 "$d"
   [ -s "$d/munge.key" ] || { dd if=/dev/urandom of="$d/munge.key" bs=1024 count=1 status=none; }
   chmod 600 "$d/munge.key"
@@ -157,7 +174,8 @@ resolve_nodes() {  # Lightning (and MPI, torchrun) reach a node by its name in S
 # -- slurmdbd over MariaDB: the accounting a cluster keeps --------------------------------
 start_mariadb() {
   local d="$DIR/mariadb"
-  if alive "$d/mariadbd.pid"; then say "MariaDB is running"; return; fi
+  if alive "$d/mariadbd.pid" "--datadir=$d/data"; then say "MariaDB is running"; return; fi
+  free_port "$MARIADB_PORT" MariaDB
   mkdir -p "$d/run"
   if [ ! -d "$d/data/mysql" ]; then
     mariadb-install-db --no-defaults --datadir="$d/data" --user="$(id -un)" \
@@ -177,7 +195,10 @@ start_mariadb() {
 
 start_slurmdbd() {
   local d="$DIR/slurm"
-  if alive "$d/run/slurmdbd.pid"; then say "slurmdbd is running"; return; fi
+  if alive "$d/run/slurmdbd.pid" "SLURM_CONF=$d/slurm.conf"; then
+    say "slurmdbd is running"; return
+  fi
+  free_port "$DBD_PORT" slurmdbd
   cat > "$d/slurmdbd.conf" <<EOF
 # Written by scripts/local_cluster.sh.
 AuthType=auth/munge
@@ -207,15 +228,25 @@ start_slurm() {
   export SLURM_CONF="$d/slurm.conf"
   start_mariadb
   start_slurmdbd
-  if alive "$d/run/slurmctld.pid"; then say "slurmctld is running"
+  if alive "$d/run/slurmctld.pid" "$d/slurm.conf"; then say "slurmctld is running"
   else
-    slurmctld -f "$d/slurm.conf"
+    free_port "$CTLD_PORT" slurmctld
+    # -c and an empty state dir: a fresh queue. Jobs of an earlier `up` (kept in
+    # StateSaveLocation) do not come back; `down` ended them.
+    rm -rf "$d/state" && mkdir -p "$d/state"
+    slurmctld -c -f "$d/slurm.conf"
     wait_for 20 slurmctld scontrol ping
     say "slurmctld started"
   fi
+  local port=$((BASE + 18))
   for n in "${NODES[@]}"; do
-    if alive "$d/run/slurmd-$n.pid"; then say "slurmd $n is running"
-    else slurmd -f "$d/slurm.conf" -N "$n"; say "slurmd $n started"; fi
+    if alive "$d/run/slurmd-$n.pid" "$d/slurm.conf"; then say "slurmd $n is running"
+    else
+      free_port "$port" "slurmd $n"
+      slurmd -f "$d/slurm.conf" -N "$n"
+      say "slurmd $n started"
+    fi
+    port=$((port + 1))
   done
   wait_for 60 "the nodes (sinfo shows them idle)" nodes_idle
 }
@@ -233,8 +264,9 @@ pg() {  # PostgreSQL refuses to run as root: as root, run it as the postgres use
 
 start_postgres() {
   local d="$DIR/postgres"
-  if alive "$d/data/postmaster.pid"; then say "PostgreSQL is running"
+  if alive "$d/data/postmaster.pid" "$d/data"; then say "PostgreSQL is running"
   else
+    free_port "$PG_PORT" PostgreSQL
     mkdir -p "$d/run"
     [ "$(id -u)" = 0 ] && { id postgres >/dev/null 2>&1 || die "no postgres user. Fix: apt-get install postgresql"; chown -R postgres: "$d"; }
     if [ ! -s "$d/data/PG_VERSION" ]; then
@@ -262,8 +294,9 @@ mlflow_answers() { "$PY" -c "import urllib.request as u; u.urlopen('http://127.0
 start_mlflow() {
   local d="$DIR/mlflow"
   mkdir -p "$d/artifacts"
-  if alive "$d/server.pid"; then say "MLflow is running"
+  if alive "$d/server.pid" "$d/artifacts"; then say "MLflow is running"
   else
+    free_port "$MLFLOW_PORT" "the MLflow server"
     # setsid: its own process group, so `down` ends the server and its workers together.
     setsid "$(dirname "$PY")/mlflow" server \
       --backend-store-uri "postgresql://$PG_USER@127.0.0.1:$PG_PORT/mlflow" \
@@ -287,6 +320,13 @@ EOF
 up() {
   install_missing
   mkdir -p "$DIR"
+  # Daemons of an earlier `up` on other ports (CLUSTER_PORT_BASE changed) are stopped first,
+  # not left running on the old ports beside new ones.
+  if [ -s "$DIR/port_base" ] && [ "$(cat "$DIR/port_base")" != "$BASE" ]; then
+    say "the ports moved from base $(cat "$DIR/port_base") to $BASE: stopping the cluster first"
+    down
+  fi
+  echo "$BASE" > "$DIR/port_base"
   start_munge
   start_slurm
   start_postgres
@@ -295,39 +335,78 @@ up() {
   say "up: source $DIR/env.sh"
 }
 
-stop_pidfile() {  # stop_pidfile NAME PIDFILE [group]: TERM, then KILL after 15 s
-  local name=$1 file=$2 pid
-  alive "$file" || { rm -f "$file"; return 0; }
+stop_pidfile() {  # stop_pidfile NAME PIDFILE NEEDLE [group]: TERM, then KILL after 15 s. A pid
+  # file naming a process that is not ours (see alive) is removed; that process is left alone.
+  local name=$1 file=$2 needle=$3 pid
+  alive "$file" "$needle" || { rm -f "$file"; return 0; }
   pid="$(head -1 "$file")"
-  if [ "${3:-}" = group ]; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; else kill -TERM "$pid"; fi
+  if [ "${4:-}" = group ]; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"; else kill -TERM "$pid"; fi
   for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   rm -f "$file"
   say "$name stopped"
 }
 
+job_pids() {  # the processes of this cluster's jobs: SLURM gave them a job id and our config
+  local p env
+  for p in /proc/[0-9]*; do
+    [ "${p#/proc/}" = "$$" ] && continue
+    env="$(tr '\0' '\n' < "$p/environ" 2>/dev/null)" || continue
+    grep -qxF "SLURM_CONF=$DIR/slurm/slurm.conf" <<<"$env" && grep -q '^SLURM_JOB_ID=' <<<"$env" \
+      && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+end_jobs() {  # cancel every job while slurmctld runs, then end what is left of their processes
+  local d="$DIR/slurm" pids=""
+  if alive "$d/run/slurmctld.pid" "$d/slurm.conf"; then
+    SLURM_CONF="$d/slurm.conf" scancel --full --signal=KILL --user="$(id -un)" 2>/dev/null || true
+    SLURM_CONF="$d/slurm.conf" scancel --user="$(id -un)" 2>/dev/null || true
+  fi
+  for _ in $(seq 1 20); do
+    pids="$(job_pids)"
+    [ -z "$pids" ] && return 0
+    sleep 0.5
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  say "ended the processes of jobs still running: $(echo $pids)"
+}
+
 down() {
   [ -d "$DIR" ] || { say "nothing to stop ($DIR does not exist)"; return 0; }
-  stop_pidfile "MLflow" "$DIR/mlflow/server.pid" group
-  if alive "$DIR/postgres/data/postmaster.pid" && [ -n "$PG_BIN" ]; then
+  end_jobs
+  stop_pidfile "MLflow" "$DIR/mlflow/server.pid" "$DIR/mlflow/artifacts" group
+  if alive "$DIR/postgres/data/postmaster.pid" "$DIR/postgres/data" && [ -n "$PG_BIN" ]; then
     pg "$PG_BIN/pg_ctl" -D "$DIR/postgres/data" -m fast -w stop >/dev/null && say "PostgreSQL stopped"
   fi
-  for n in "${NODES[@]}"; do stop_pidfile "slurmd $n" "$DIR/slurm/run/slurmd-$n.pid"; done
-  stop_pidfile slurmctld "$DIR/slurm/run/slurmctld.pid"
-  stop_pidfile slurmdbd "$DIR/slurm/run/slurmdbd.pid"
-  stop_pidfile MariaDB "$DIR/mariadb/mariadbd.pid"
-  stop_pidfile munge "$DIR/munge/munged.pid"
-  rm -f "$DIR/env.sh"
+  for n in "${NODES[@]}"; do
+    stop_pidfile "slurmd $n" "$DIR/slurm/run/slurmd-$n.pid" "$DIR/slurm/slurm.conf"
+  done
+  stop_pidfile slurmctld "$DIR/slurm/run/slurmctld.pid" "$DIR/slurm/slurm.conf"
+  stop_pidfile slurmdbd "$DIR/slurm/run/slurmdbd.pid" "SLURM_CONF=$DIR/slurm/slurm.conf"
+  stop_pidfile MariaDB "$DIR/mariadb/mariadbd.pid" "--datadir=$DIR/mariadb/data"
+  stop_pidfile munge "$DIR/munge/munged.pid" "$DIR/munge/munge.socket"
+  end_jobs  # a job step that outlived its slurmd
+  rm -f "$DIR/env.sh" "$DIR/port_base"
 }
 
 status() {
   local rc=0
-  for pair in "munge:$DIR/munge/munged.pid" "MariaDB:$DIR/mariadb/mariadbd.pid" \
-      "slurmdbd:$DIR/slurm/run/slurmdbd.pid" "slurmctld:$DIR/slurm/run/slurmctld.pid" \
-      "slurmd n1:$DIR/slurm/run/slurmd-n1.pid" "slurmd n2:$DIR/slurm/run/slurmd-n2.pid" \
-      "PostgreSQL:$DIR/postgres/data/postmaster.pid" "MLflow:$DIR/mlflow/server.pid"; do
-    if alive "${pair#*:}"; then say "${pair%%:*} runs"; else say "${pair%%:*} is down"; rc=1; fi
-  done
+  local conf="$DIR/slurm/slurm.conf" name file needle
+  while IFS='|' read -r name file needle; do
+    if alive "$file" "$needle"; then say "$name runs"; else say "$name is down"; rc=1; fi
+  done <<LIST
+munge|$DIR/munge/munged.pid|$DIR/munge/munge.socket
+MariaDB|$DIR/mariadb/mariadbd.pid|--datadir=$DIR/mariadb/data
+slurmdbd|$DIR/slurm/run/slurmdbd.pid|SLURM_CONF=$conf
+slurmctld|$DIR/slurm/run/slurmctld.pid|$conf
+slurmd n1|$DIR/slurm/run/slurmd-n1.pid|$conf
+slurmd n2|$DIR/slurm/run/slurmd-n2.pid|$conf
+PostgreSQL|$DIR/postgres/data/postmaster.pid|$DIR/postgres/data
+MLflow|$DIR/mlflow/server.pid|$DIR/mlflow/artifacts
+LIST
   return $rc
 }
 

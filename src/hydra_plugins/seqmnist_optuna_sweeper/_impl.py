@@ -305,9 +305,11 @@ class OptunaSweeperImpl(Sweeper):
         # Why the search ends before n_trials finished trials (None: it has not).
         self.ended: str | None = None
         self.failures: list[str] = []  # the errors of this sweep's failed jobs
-        # Trials of this sweep left running after their batch's launcher raised: their jobs
-        # may still run, and take a slot each until they end.
-        self.orphans: set[int] = set()
+        # Trials of this sweep left running after their batch's launcher raised (number ->
+        # the launcher's error): their jobs may still run, and take a slot each until they end.
+        self.orphans: dict[int, str] = {}
+        # Orphans that ended failed (number -> why), among the failures above.
+        self.lost: dict[int, str] = {}
         self.only_repeats = False  # the sampler offered 20 repeats in a row
 
     def setup(
@@ -480,7 +482,7 @@ class OptunaSweeperImpl(Sweeper):
         self._write_results(study)
         if self.ended is not None:
             # Failed trials make the sweep's report (SweepSummary, after this returns) exit 1.
-            failed = len(self.failures) >= self.max_failures
+            failed = self.failed_out()
             (log.error if failed else log.warning)(f"the search ended early: {self.ended}")
 
     def runs_apart(self) -> bool:
@@ -506,9 +508,10 @@ class OptunaSweeperImpl(Sweeper):
                 self._collect(study, [in_flight.pop(future)], future, beats)
             beats.fail_stale(study)
             trials = study.get_trials(deepcopy=False)
+            self._settle_orphans(trials)
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
-            if self.ended is None and len(self.failures) >= self.max_failures:
+            if self.ended is None and self.failed_out():
                 self.ended = (
                     f"{len(self.failures)} trials failed (hydra.sweeper.max_failures="
                     f"{self.max_failures}); the first: {self.failures[0]}"
@@ -516,7 +519,6 @@ class OptunaSweeperImpl(Sweeper):
             if (finished >= self.n_trials or self.ended is not None) and not in_flight:
                 break
             free = self.n_trials - finished - running
-            self.orphans &= {t.number for t in trials if t.state == TrialState.RUNNING}
             slots = min(self.n_jobs - len(self.orphans) - len(in_flight), free)
             if self.ended is None and slots > 0:
                 asked = [self._ask(study, plan["space"]) for _ in range(slots)]
@@ -641,7 +643,35 @@ class OptunaSweeperImpl(Sweeper):
         if status in ("completed", "pruned", "failed"):
             self._tell(study, trial, None, lost=lost)
         else:
-            self.orphans.add(trial.number)
+            self.orphans[trial.number] = lost
+
+    def _settle_orphans(self, trials: Sequence[Any]) -> None:
+        """Let go of the orphans whose trials have ended. One that ended failed (its job lost
+        and the stale check failed it, here or in another sweep) is this sweep's failure, as
+        one told here would be: a launcher whose jobs all die ends the search at
+        ``max_failures``, rather than having trials asked of it forever."""
+        states = {t.number: t.state for t in trials}
+        for number, lost in list(self.orphans.items()):
+            state = states.get(number)
+            if state == TrialState.RUNNING:
+                continue
+            del self.orphans[number]
+            if state != TrialState.FAIL:  # its job told its result
+                continue
+            try:
+                metrics = RunDir(self.sweep_dir / str(number)).read_metrics() or {}
+            except ValueError:
+                metrics = {}
+            # A job that ran on and failed says why; a lost one wrote nothing of its end.
+            error = metrics.get("error") if metrics.get("status") == "failed" else None
+            error = str(error or f"its job was lost ({lost})")
+            self.lost[number] = error
+            self.failures.append(f"trial {number}: {error}")
+            log.warning(f"trial {number} failed: {error}")
+
+    def failed_out(self) -> bool:
+        """Whether this sweep's failed trials end the search (``max_failures``)."""
+        return len(self.failures) >= self.max_failures
 
     def _tell(self, study: optuna.Study, trial: Any, ret: JobReturn | None, lost: str = "") -> None:
         """Tell the study how the trial's job ended: its ``metrics.json`` says, else (an
@@ -667,7 +697,10 @@ class OptunaSweeperImpl(Sweeper):
             self._tell_state(study, trial, TrialState.COMPLETE, float(value))
             log.info(f"trial {trial.number}: {metric} {value:.4f} {trial.params}")
             return
-        self._tell_state(study, trial, TrialState.FAIL)
+        if self._tell_state(study, trial, TrialState.FAIL) != TrialState.FAIL:
+            # Its job told the study its result before the job failed (in its teardown, say):
+            # the trial stays finished, and is not a failure of this search.
+            return
         error = str(
             (metrics or {}).get("error") or (f"its job was lost ({lost})" if lost else status)
         )
@@ -676,29 +709,33 @@ class OptunaSweeperImpl(Sweeper):
 
     def _tell_state(
         self, study: optuna.Study, trial: Any, state: TrialState, value: float | None = None
-    ) -> None:
+    ) -> TrialState:
         """``study.tell``, where two things are not this sweep's failure: a trial another
         process has finished already (a stale-heartbeat check elsewhere) is left as it is, with
         a warning; and a sampler that asks the study to stop (Grid and BruteForce, when the
         grid is done: Optuna allows that only inside ``optimize``) ends the search. The trial
-        is told all the same (Optuna stores the state before the sampler's hook fails)."""
+        is told all the same (Optuna stores the state before the sampler's hook fails).
+        Returns the state the study holds for the trial now."""
         try:
             if state == TrialState.COMPLETE:
-                study.tell(trial, value)
-            else:
-                study.tell(trial, state=state)
+                return study.tell(trial, value).state
+            return study.tell(trial, state=state).state
         except ValueError as e:
             if "Cannot tell a" not in str(e):
                 raise
             # Its job told it (the job owns its trial), or a stale check elsewhere failed it.
             said = log.debug if f"Cannot tell a {state.name} " in str(e) else log.warning
             said(f"trial {trial.number} was finished elsewhere ({e}); left as it is")
+            return next(
+                t.state for t in study.get_trials(deepcopy=False) if t.number == trial.number
+            )
         except RuntimeError as e:
             if "Study.stop" not in str(e):
                 raise
             self.ended = self.ended or (
                 f"the sampler ({type(study.sampler).__name__}) has tried every setting"
             )
+            return state
 
     def _exhausted_message(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> str:
         finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
@@ -715,6 +752,13 @@ class OptunaSweeperImpl(Sweeper):
         say failed there too, so the report agrees with the study."""
         for t in trials:
             job = RunDir(self.sweep_dir / str(t.number))
+            if t.number in self.lost and self.failed_out() and job.path.is_dir():
+                # This sweep's lost jobs ended it: its report exits 1 and names them, as it
+                # does for jobs that failed and said so.
+                with contextlib.suppress(ValueError):
+                    if (job.read_metrics() or {}).get("status") in (None, "running"):
+                        job.record_status(self.lost[t.number])
+                continue
             if t.state != TrialState.FAIL or not job.metrics_file.is_file():
                 continue
             try:
