@@ -39,10 +39,11 @@ from seqmnist.jobs.cluster import (
     rank_nodes,
     requeue_job,
     requeued_checkpoint,
+    slurm_batch_job,
     spread_over_gpus,
 )
 from seqmnist.jobs.resume import resume_config
-from seqmnist.jobs.search import OptunaPruning, pruning_callback
+from seqmnist.jobs.search import OptunaPruning, mark_requeued, pruning_callback
 from seqmnist.jobs.tracking import close, log_settings, prepare, publish, run_ids
 from seqmnist.models import count_parameters, describe
 from seqmnist.shell import exit_on_error, fail, hydra_command
@@ -256,11 +257,11 @@ def run(cfg: DictConfig, overrides: list[str], multirun: bool) -> tuple[int, flo
                 cfg = resumed  # from here on, failures are recorded in the resumed run's dir
             metrics = train(cfg, life)
         except SIGTERMException:
-            status = life.interrupted(run_dir(cfg))
             requeue = requeue_job(life.signal, enabled=bool(cfg.get("requeue", True)))
-            if requeue is Requeue.FAILED:
-                life.not_requeued(run_dir(cfg))
-            elif requeue is not None:
+            status = life.interrupted(run_dir(cfg), requeue_refused=requeue is Requeue.FAILED)
+            if requeue in (Requeue.REQUEUED, Requeue.BY_FIRST_TASK):
+                if requeue is Requeue.REQUEUED:  # its trial waits for it, not failed as stale
+                    mark_requeued(cfg, str(slurm_batch_job()))
                 # No result for submitit: the sweep waits on for the job's next start. A
                 # task other than the first exits 0, so that srun (KillOnBadExit) does not
                 # end the first task before it has asked SLURM to requeue the job.

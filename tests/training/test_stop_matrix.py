@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from seqmnist.jobs.search import open_storage
+from seqmnist.jobs.search import REQUEUED_ATTR, open_storage
 from seqmnist.train import run
 from seqmnist.training.lifecycle import Lifecycle, Phase
 from tests.helpers import FAST, compose_config, metrics_of
@@ -226,6 +226,9 @@ def test_the_slurm_time_limit_requeues_and_the_next_start_ends_as_if_never_stopp
     assert train(synthetic_root, run_dir, *args) == 140
     assert slurm_job.read_text().split() == ["requeue", "4242_0"]
     assert metrics_of(run_dir)["status"] == "interrupted"
+    # Its trial knows the job it waits as: a sweep's stale check asks SLURM before failing it.
+    held = open_storage(trial["storage"]).get_trial(trial["trial_id"]).system_attrs
+    assert held[REQUEUED_ATTR] == "4242_0"
 
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the job's next start: the same command
     assert train(synthetic_root, run_dir, *args) == 0

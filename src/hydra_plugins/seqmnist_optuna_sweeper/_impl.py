@@ -60,12 +60,14 @@ from seqmnist.core.rundir import RunDir
 from seqmnist.jobs.search import (
     HEARTBEAT_ATTR,
     PASSWORD_ENV,
+    REQUEUED_ATTR,
     STUDY_PRUNER_ATTR,
     make_pruner,
     make_sampler,
     open_storage,
     record_heartbeat,
     shown,
+    still_queued,
     without_password,
 )
 
@@ -243,21 +245,39 @@ class Heartbeats:
             self.trial_ids.discard(trial_id)
 
     def fail_stale(self, study: optuna.Study) -> None:
-        """Mark failed the running trials whose heartbeat is older than the grace period."""
+        """Mark failed the running trials whose heartbeat is older than the grace period.
+
+        Judged by the beat every storage keeps (a system attribute, written with Optuna's own
+        heartbeat by :func:`record_heartbeat`), not by Optuna's ``fail_stale_trials``, so that
+        a trial whose run requeued its SLURM job (it waits in the queue, beating no more:
+        at least SLURM's cred_expire, 120 s by default) is kept while SLURM still holds the
+        job. A trial with no beat at all, killed between its ask and its first beat, counts
+        its start time as its last beat."""
         if not self.enabled:
             return
-        if self.native:
-            optuna.storages.fail_stale_trials(study)
-        # Also a trial with no beat at all, killed between its ask and its first beat (Optuna's
-        # check skips those): its start time counts as its last beat.
         now = time.time()
+        stale = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             beat = t.system_attrs.get(self.ATTR)
             if beat is None and t.datetime_start is not None:
                 beat = t.datetime_start.timestamp()
             if beat is not None and now - float(beat) > self.grace_period:
-                with contextlib.suppress(RuntimeError, ValueError):  # it finished meanwhile
-                    study.tell(t.number, state=TrialState.FAIL)
+                stale.append(t)
+        requeued = {
+            t.number: str(t.system_attrs[REQUEUED_ATTR])
+            for t in stale
+            if t.system_attrs.get(REQUEUED_ATTR)
+        }
+        queued = still_queued(sorted(set(requeued.values()))) if requeued else set()
+        for t in stale:
+            job = requeued.get(t.number)
+            if job is not None and (queued is None or job in queued):
+                # SLURM still holds its job (or cannot say): it is waiting, not lost.
+                with contextlib.suppress(Exception):
+                    record_heartbeat(self.storage, optuna_trial_id(t))
+                continue
+            with contextlib.suppress(RuntimeError, ValueError):  # it finished meanwhile
+                study.tell(t.number, state=TrialState.FAIL)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):

@@ -61,6 +61,11 @@ PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 STUDY_PRUNER_ATTR = "seqmnist:pruner"  # the study's pruner spec, read back by every job
 HEARTBEAT_ATTR = "seqmnist:heartbeat"  # a trial's last sign of life (seconds since the epoch)
+# The SLURM job a trial's run requeued itself as: it waits in the queue without beating
+# (SLURM holds a requeued job back for at least its cred_expire, 120 s by default).
+REQUEUED_ATTR = "seqmnist:requeued_job"
+# SLURM job states of a job that will still run (or runs): its trial is not stale.
+_WAITING_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
 
 
 def quiet_optuna() -> None:
@@ -416,6 +421,48 @@ def record_heartbeat(storage: Any, trial_id: int) -> None:
     if isinstance(storage, optuna.storages.RDBStorage) and storage.heartbeat_interval:
         storage.record_heartbeat(trial_id)
     storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+
+def mark_requeued(cfg: Any, job_id: str) -> None:
+    """A run that requeued its SLURM job tells its trial so, with a last heartbeat: a sweep's
+    stale check then asks SLURM about the job before it fails the trial (see
+    :func:`still_queued`). Never raises: the requeue itself has happened."""
+    node = cfg.get("optuna_trial") if hasattr(cfg, "get") else None
+    if not node or node.get("trial_id") is None:
+        return
+    try:
+        storage = open_storage(str(node.storage))
+        storage.set_trial_system_attr(int(node.trial_id), REQUEUED_ATTR, job_id)
+        record_heartbeat(storage, int(node.trial_id))
+    except Exception as e:
+        log.warning(f"trial {node.get('number')}: its requeue was not recorded ({e})")
+
+
+def still_queued(job_ids: list[str], timeout: float = 30) -> set[str] | None:
+    """Which of these SLURM jobs are still queued or running (``squeue``); None when SLURM
+    cannot be asked (the caller then judges by heartbeats alone)."""
+    import subprocess
+
+    if not job_ids:
+        return set()
+    try:
+        done = subprocess.run(
+            ["squeue", "-h", "-o", "%i %T", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        # squeue refuses ids it no longer knows ("Invalid job id specified"): all ended.
+        return set() if "Invalid job id" in done.stderr else None
+    waiting = set()
+    for line in done.stdout.splitlines():
+        job, _, state = line.strip().partition(" ")
+        if state in _WAITING_STATES:
+            waiting.add(job)
+    return waiting
 
 
 def resumed_trial(cfg: DictConfig) -> str | None:

@@ -183,9 +183,9 @@ class Lifecycle:
         if self.writes and self.run is not None:
             self.run.write_metrics(metrics)
 
-    def interrupted(self, run: RunDir) -> int:
-        """A signal stopped the run: say where its checkpoint is and how to continue; the
-        exit status."""
+    def interrupted(self, run: RunDir, requeue_refused: bool = False) -> int:
+        """A signal stopped the run: say where its checkpoint is and how to continue (and,
+        for a time-limit stop SLURM would not requeue, that it did not); the exit status."""
         if run.last_ckpt.is_file():
             hint = (
                 f"checkpoint {run.last_ckpt}; continue with: "
@@ -193,22 +193,12 @@ class Lifecycle:
             )
         else:
             hint = "it stopped before its first checkpoint, so there is nothing to resume"
-        message = f"stopped by {self.name}; {hint}"
+        refused = ", and SLURM did not requeue the job" if requeue_refused else ""
+        message = f"stopped by {self.name}{refused}; {hint}"
         if run.metrics_file.exists():
             run.record_status(message, status="interrupted")
         log.error(message)
         return self.exit_code
-
-    def not_requeued(self, run: RunDir) -> None:
-        """A time-limit stop whose job SLURM would not requeue: the run stays interrupted,
-        and says how to continue it."""
-        message = (
-            f"stopped by {self.name}, and SLURM did not requeue the job; continue with: "
-            f"python -m seqmnist.train resume={run.path}"
-        )
-        if run.metrics_file.exists():
-            run.record_status(message, status="interrupted")
-        log.error(message)
 
     @staticmethod
     def failed(run: RunDir, error: BaseException, record: bool) -> None:
