@@ -79,12 +79,17 @@ class Job:
 
 
 def train(cfg: DictConfig, life: Lifecycle | None = None) -> dict[str, Any]:
-    """Fit and test one configuration; returns the metrics written to ``metrics.json``.
+    """Fit and test one configuration; returns the metrics written to ``metrics.json``."""
+    # A parallel one-GPU job keeps its GPU from the sweep's other jobs until it ends, failed
+    # or not; the next job (of this worker process or another) may then take it.
+    with spread_over_gpus(cfg):
+        return phases(cfg, life or Lifecycle.active or Lifecycle())
 
-    The run's phases in order; ``life`` holds the phase, decides what a signal does in each
-    and writes the status (:mod:`seqmnist.training.lifecycle`).
-    """
-    life = life or Lifecycle.active or Lifecycle()
+
+def phases(cfg: DictConfig, life: Lifecycle) -> dict[str, Any]:
+    """The run's phases in order: set up, fit, test, report. ``life`` holds the phase,
+    decides what a signal does in each and writes the status
+    (:mod:`seqmnist.training.lifecycle`)."""
     job = set_up(cfg)
     life.begin(job.out, job.metrics, writes=first_process(job.trainer))
     try:
@@ -111,7 +116,6 @@ def set_up(cfg: DictConfig) -> Job:
     skip_nvml_probe_without_nvml()
     if threads := cpu_threads(cfg):
         torch.set_num_threads(threads)
-    spread_over_gpus(cfg)
     export_submitit_ranks()
     L.seed_everything(cfg.seed, workers=True)
 

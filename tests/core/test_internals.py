@@ -20,6 +20,7 @@ from seqmnist.core.internals import (
     epoch_in_progress,
     forget_lightning_sigterm,
     is_logging_step,
+    joblib_worker_env,
     optuna_trial_id,
     quiet_console,
     rank_zero_rank,
@@ -273,3 +274,11 @@ def test_a_batchs_logs_are_sent_and_lightnings_sigterm_flag_cleared(tmp_path: Pa
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     # The step the stop came after (global step 2 at its end is step index 1) is there too.
     assert [r.split(",")[-1] for r in rows[1:]] == ["0", "1"]
+
+
+def test_joblibs_worker_thread_limits_divide_the_cpus() -> None:
+    import os
+
+    env = joblib_worker_env(2)
+    cpus = os.cpu_count() or 1
+    assert env["OMP_NUM_THREADS"] == str(max(cpus // 2, 1))

@@ -3,7 +3,10 @@ by Lightning, submitit, torchrun or srun, threads and GPUs of parallel sweep job
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -156,20 +159,90 @@ def test_threads_follow_the_cpus_slurm_gave_the_job(monkeypatch) -> None:
     assert machine.usable_cpus() == len(os.sched_getaffinity(0))
 
 
-def test_parallel_one_gpu_jobs_take_turns_over_the_gpus(monkeypatch) -> None:
+def on_gpus(monkeypatch, lock_dir, count: int = 2) -> None:
+    """A machine with ``count`` GPUs, whose sweep locks them in ``lock_dir``."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (4, 3))  # job 3 of 4 at once
-    cfg = compose_config("trainer=gpu")
-    cluster.spread_over_gpus(cfg)
-    assert list(cfg.trainer.devices) == [1]
-    cpu = compose_config("trainer=cpu")
-    cluster.spread_over_gpus(cpu)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(cluster, "gpu_lock_dir", lambda: lock_dir)
+
+
+def start_job(monkeypatch, num: int, n_jobs: int = 2, trainer: str = "gpu"):
+    """What job ``num`` of a parallel sweep does before it trains: (its config, its claim)."""
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (n_jobs, num))
+    cfg = compose_config(f"trainer={trainer}")
+    return cfg, cluster.spread_over_gpus(cfg)
+
+
+def test_parallel_one_gpu_jobs_take_turns_over_the_gpus(tmp_path, monkeypatch) -> None:
+    on_gpus(monkeypatch, tmp_path)
+    cfg, claim = start_job(monkeypatch, 3, n_jobs=4)  # job 3 of 4 at once, the GPUs all free
+    assert list(cfg.trainer.devices) == [1]  # its turn by number, when that GPU is free
+    claim.release()
+    cpu, _ = start_job(monkeypatch, 3, n_jobs=4, trainer="cpu")
     assert cpu.trainer.devices == 1  # CPU jobs are left alone
-    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (1, 0))
-    single = compose_config("trainer=gpu")
-    cluster.spread_over_gpus(single)
+    single, _ = start_job(monkeypatch, 0, n_jobs=1)
     assert single.trainer.devices == 1  # one job at a time: Lightning's choice stands
+
+
+def test_a_parallel_job_takes_a_free_gpu_not_one_its_number_shares(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    # The Optuna sweeper's slots start a trial whenever one ends: numbers 0, 2, 4 can run at
+    # once on 2 GPUs, and 0 % 2 == 2 % 2 would put jobs 0 and 2 on one GPU, leaving one idle.
+    on_gpus(monkeypatch, tmp_path)
+    cfg0, job0 = start_job(monkeypatch, 0)
+    assert list(cfg0.trainer.devices) == [0]
+    cfg2, job2 = start_job(monkeypatch, 2)  # job 0 still runs
+    assert list(cfg2.trainer.devices) == [1]
+    with caplog.at_level(logging.WARNING, logger="seqmnist.cluster"):
+        cfg4, job4 = start_job(monkeypatch, 4)  # both GPUs taken: the number rule, said
+    assert list(cfg4.trainer.devices) == [0]
+    assert "every GPU (2) is taken" in caplog.text and "job 4 shares GPU 0" in caplog.text
+    job4.release()
+    job2.release()
+    job0.release()
+    cfg6, job6 = start_job(monkeypatch, 6)  # a later job in this process: GPU 0 is free again
+    assert list(cfg6.trainer.devices) == [0]
+    job6.release()
+
+
+def locked_elsewhere(path) -> bool:
+    """Whether another process finds the lock file ``path`` locked (a job on another worker)."""
+    probe = (
+        "import fcntl, sys\n"
+        "f = open(sys.argv[1], 'ab')\n"
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "except BlockingIOError:\n    sys.exit(1)\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe, str(path)], check=False).returncode == 1
+
+
+def test_a_jobs_gpu_stays_its_own_until_the_job_ends_failed_or_not(tmp_path, monkeypatch) -> None:
+    on_gpus(monkeypatch, tmp_path)
+    cfg, claim = start_job(monkeypatch, 1)
+    assert list(cfg.trainer.devices) == [1]
+    lock = tmp_path / "gpu1.lock"
+    with pytest.raises(RuntimeError, match="the job failed"), claim:
+        assert locked_elsewhere(lock)  # the other workers' jobs keep off it while it runs
+        raise RuntimeError("the job failed")
+    assert not locked_elsewhere(lock)  # ended, if by failure: free for the next job
+    claim.release()  # a second release is harmless
+    with start_job(monkeypatch, 3)[1]:  # the next job of this worker process takes it again
+        assert locked_elsewhere(lock)
+    assert not locked_elsewhere(lock)
+
+
+def test_the_jobs_of_one_sweep_lock_gpus_in_one_local_folder(tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the machine's temp dir
+    compose_config(f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    first = cluster.gpu_lock_dir()
+    compose_config(f"hydra.sweep.dir={tmp_path / 'sweep'}")  # another job of that sweep
+    assert cluster.gpu_lock_dir() == first and first.is_dir()
+    assert first.is_relative_to(tmp_path) and not first.is_relative_to(tmp_path / "sweep")
+    compose_config(f"hydra.sweep.dir={tmp_path / 'other'}")  # another sweep: its own locks
+    assert cluster.gpu_lock_dir() != first
 
 
 # -- SLURM: requeue after the time limit, and the checks before a sweep submits -----------

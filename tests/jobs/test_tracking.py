@@ -316,7 +316,38 @@ def test_experiment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     assert tracking.experiment_name("train", str(tmp_path / "outputs")) == (
         "train/2026-12-02_10-00-00_1"
     )
-    Sweep.sweep.dir = "/scratch/me/lr"  # a sweep dir of the user's own: its whole path
-    assert tracking.experiment_name("train", str(tmp_path / "outputs")) == "/scratch/me/lr"
+    Sweep.sweep.dir = "/scratch/me/lr"  # a sweep dir of the user's own: the task and its name
+    assert tracking.experiment_name("train", str(tmp_path / "outputs")) == "train/lr"
     Sweep.mode = RunMode.RUN
     assert tracking.experiment_name("train", str(tmp_path / "outputs")) == "train"
+
+
+def test_a_sweep_dir_of_ones_own_is_named_for_the_ui_and_tagged_with_its_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside the log dir: ``train/<sweep dir name>`` in the MLflow UI's list, the whole path
+    as the experiment's ``sweep_dir`` tag."""
+    from hydra.types import RunMode
+
+    class Sweep:
+        mode = RunMode.MULTIRUN
+
+        class sweep:  # noqa: N801
+            dir = str(tmp_path / "scratch" / "me" / "lr")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = compose_config(
+        "logger=mlflow", f"logger.mlflow.tracking_uri={uri}", f"paths.log_dir={tmp_path / 'out'}"
+    )
+    monkeypatch.setattr(tracking.HydraConfig, "get", staticmethod(lambda: Sweep))
+    tracking.prepare(cfg.logger)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    made = client.get_experiment_by_name("train/lr")
+    assert made is not None and made.tags["sweep_dir"] == Sweep.sweep.dir
+    caplog.set_level("WARNING", "seqmnist.tracking")
+    tracking.prepare(cfg.logger)  # the sweep's next job: no warning
+    assert "holds the runs" not in caplog.text
+    Sweep.sweep.dir = str(tmp_path / "scratch" / "you" / "lr")  # another sweep, the same name
+    tracking.prepare(cfg.logger)
+    first = tmp_path / "scratch" / "me" / "lr"
+    assert f"experiment train/lr holds the runs of the sweep in {first}" in caplog.text

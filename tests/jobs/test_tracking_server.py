@@ -3,6 +3,7 @@ artifact folder it serves) from the SLURM jobs of a sweep, read back through its
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,15 +19,16 @@ def test_a_sweeps_slurm_jobs_log_runs_params_metrics_and_checkpoints_to_the_serv
     synthetic_root: Path, tmp_path: Path
 ) -> None:
     cluster = cluster_env()
-    sweep = tmp_path / "sweep"
+    sweep = tmp_path / f"sweep-{uuid.uuid4().hex[:8]}"  # an experiment of its own on the server
     proc = sweep_on_slurm(
         synthetic_root, sweep, "cell=lstm,gru", "logger=[tensorboard,mlflow]", env=cluster
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
     client = mlflow.tracking.MlflowClient(tracking_uri=cluster["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name(str(sweep))  # named after the sweep
-    assert experiment is not None
+    # Named as a user looks for it (the task and the sweep), its path a tag.
+    experiment = client.get_experiment_by_name(f"train/{sweep.name}")
+    assert experiment is not None and experiment.tags["sweep_dir"] == str(sweep.resolve())
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # the server's store
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.params["cell"] for r in runs) == ["gru", "lstm"]

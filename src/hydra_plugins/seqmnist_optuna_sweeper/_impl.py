@@ -55,7 +55,7 @@ from optuna.trial import TrialState
 
 from seqmnist.core.compat import optimized_metric
 from seqmnist.core.errors import ConfigError, SeqMNISTError
-from seqmnist.core.internals import optuna_trial_id
+from seqmnist.core.internals import joblib_worker_env, optuna_trial_id
 from seqmnist.core.rundir import RunDir
 from seqmnist.jobs.search import (
     HEARTBEAT_ATTR,
@@ -331,6 +331,7 @@ class OptunaSweeperImpl(Sweeper):
         # Orphans that ended failed (number -> why), among the failures above.
         self.lost: dict[int, str] = {}
         self.only_repeats = False  # the sampler offered 20 repeats in a row
+        self.joblib_alone: JoblibAlone | None = None  # set up with hydra/launcher=joblib
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -340,6 +341,9 @@ class OptunaSweeperImpl(Sweeper):
         self.hydra_context = hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.joblib_alone = (
+            JoblibAlone(self.launcher) if type(self.launcher).__name__ == "JoblibLauncher" else None
         )
         self.sweep_dir = Path(config.hydra.sweep.dir).expanduser().resolve()
 
@@ -565,6 +569,8 @@ class OptunaSweeperImpl(Sweeper):
     def _launch(self, job: list[list[str]], number: int) -> Sequence[JobReturn]:
         """One launch through the configured launcher (from a worker thread)."""
         launcher: Launcher = self.launcher
+        if self.joblib_alone is not None and self.runs_apart():
+            return self.joblib_alone.launch(job, initial_job_idx=number)
         return launcher.launch(job, initial_job_idx=number)
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> Any:
@@ -848,6 +854,66 @@ class OptunaSweeperImpl(Sweeper):
                 plt.close(ax.figure)
             except Exception as e:  # too few complete trials, a constant parameter, ...
                 log.info(f"{name} not drawn: {' '.join(str(e).split())[:160]}")
+
+
+class JoblibAlone:
+    """Hydra's joblib launch (``hydra_plugins.hydra_joblib_launcher._core.launch``) for trials
+    launched from threads of their own: each job in a loky executor of its own, at most
+    ``hydra.launcher.n_jobs`` at once. Hydra's launch uses joblib's one reusable executor of
+    the process, which every thread's launch would share: a worker that dies (the OOM killer,
+    a segfault) breaks it, and every trial running in it fails with TerminatedWorkerError."""
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self.settings: dict[str, Any] = dict(getattr(launcher, "joblib", {}))
+        n_jobs = self.settings.get("n_jobs") or 1
+        from joblib.externals.loky import cpu_count
+
+        self.workers = max(cpu_count() + 1 + n_jobs, 1) if n_jobs < 0 else int(n_jobs)
+        self.slots = threading.BoundedSemaphore(self.workers)
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> list[JobReturn]:
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import configure_log, filter_overrides, setup_globals
+        from hydra_plugins.hydra_joblib_launcher._core import execute_job
+        from joblib.externals.loky import ProcessPoolExecutor
+
+        launcher: Any = self.launcher
+        setup_globals()
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+        sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # The thread limits joblib gives its workers (OMP_NUM_THREADS, ... = CPUs / n_jobs).
+        env = joblib_worker_env(self.workers)
+        timeout = self.settings.get("timeout")
+        returns = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            with self.slots:
+                log.info(
+                    f"joblib: job #{idx} in a process of its own ({self.workers} at a time), "
+                    f"sweep output dir: {sweep_dir}"
+                )
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                executor = ProcessPoolExecutor(max_workers=1, env=env)
+                failed = True
+                try:
+                    future = executor.submit(
+                        execute_job,
+                        idx,
+                        overrides,
+                        launcher.hydra_context,
+                        launcher.config,
+                        launcher.task_function,
+                        Singleton.get_state(),
+                    )
+                    returns.append(future.result(timeout=timeout))
+                    failed = False
+                finally:
+                    # Its worker ends with it; one left by a failure (joblib's timeout) is killed.
+                    executor.shutdown(wait=not failed, kill_workers=failed)
+        return returns
 
 
 def in_thread(fn: Any, *args: Any) -> concurrent.futures.Future:

@@ -125,3 +125,12 @@ def optuna_trial_id(trial: object) -> int:
     """The storage's id of an Optuna trial (what a job needs to reach it; trial numbers are
     per study). Optuna keeps it in a private attribute."""
     return int(trial._trial_id)  # type: ignore[attr-defined]
+
+
+def joblib_worker_env(n_jobs: int) -> dict[str, str]:
+    """The thread limits joblib gives each of its ``n_jobs`` loky workers (OMP_NUM_THREADS
+    and the like: the CPUs divided among the workers), for a worker started outside joblib's
+    own pool. Joblib computes them in a private method of its loky backend."""
+    from joblib._parallel_backends import LokyBackend
+
+    return dict(LokyBackend()._prepare_worker_env(n_jobs=n_jobs))

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
+import hashlib
 import logging
 import os
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -215,17 +218,89 @@ def cpu_threads(cfg: DictConfig) -> int | None:
     return max(1, cores // (cores if n_jobs < 0 else min(n_jobs, cores)))
 
 
-def spread_over_gpus(cfg: DictConfig) -> None:
-    """Parallel one-GPU jobs (hydra/launcher=joblib on a GPU box) each on its own GPU, in
-    turn by job number, instead of all on cuda:0."""
+class GpuClaim(contextlib.AbstractContextManager["GpuClaim"]):
+    """The GPU a parallel job took, kept from the sweep's other jobs on this machine by a lock
+    on its file until :meth:`release` (or the end of a ``with`` block: the job's run). A
+    process that dies loses its locks with it. Without a lock (no GPU chosen, or every GPU
+    taken) it holds nothing."""
+
+    def __init__(self, index: int | None = None, lock: IO[bytes] | None = None) -> None:
+        self.index = index
+        self._lock = lock
+
+    def release(self) -> None:
+        if self._lock is None:
+            return
+        # Unlocked explicitly: a DataLoader worker forked by the job holds the same open
+        # file, and closing only this process's copy would leave the GPU locked until it ends.
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+        self._lock = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def gpu_lock_dir() -> Path:
+    """Where the jobs of this sweep on this machine lock their GPUs: a per-user folder in the
+    local temp dir, one per sweep dir. Not the sweep dir itself: that may be on a network file
+    system, where ``flock`` is unreliable."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        sweep = str(Path(HydraConfig.get().sweep.dir).expanduser().resolve())
+    except ValueError:  # not running under Hydra
+        sweep = str(Path.cwd())
+    key = hashlib.sha256(sweep.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"seqmnist-gpu-locks-{os.getuid()}" / key
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def take_free_gpu(lock_dir: Path, count: int, first: int) -> GpuClaim | None:
+    """The first of ``count`` GPUs, from ``first`` on, whose lock nobody holds; None when all
+    are held."""
+    for index in [*range(first, count), *range(first)]:
+        lock = (lock_dir / f"gpu{index}.lock").open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a running job of this sweep has it
+            lock.close()
+            continue
+        except BaseException:
+            lock.close()
+            raise
+        return GpuClaim(index, lock)
+    return None
+
+
+def spread_over_gpus(cfg: DictConfig) -> GpuClaim:
+    """Parallel one-GPU jobs (hydra/launcher=joblib on a GPU box, the Optuna sweeper's slots)
+    each on a GPU of its own, instead of all on cuda:0: the first GPU no running job of the
+    sweep holds, starting from the job number's turn. By number alone, jobs that start
+    whenever a slot frees (0, 2 and 4 running at once on 2 GPUs) would share a GPU while
+    another idles. Hold the returned claim for the job's whole run (``with``)."""
     n_jobs, num = parallel_jobs()
     trainer = cfg.trainer
     if n_jobs == 1 or str(trainer.get("accelerator")) not in ("gpu", "cuda", "auto"):
-        return
+        return GpuClaim()
     if trainer.get("devices") not in (1, "1") or not torch.cuda.is_available():
-        return
+        return GpuClaim()
+    count = torch.cuda.device_count()
+    try:
+        claim = take_free_gpu(gpu_lock_dir(), count, num % count)
+    except OSError as e:  # no writable temp dir, a file system without flock
+        log.warning(f"GPU locks unavailable ({e}): job {num} takes GPU {num % count} by number")
+        claim = GpuClaim(num % count)
+    if claim is None:
+        log.warning(
+            f"every GPU ({count}) is taken by a running job of this sweep: job {num} shares "
+            f"GPU {num % count}"
+        )
+        claim = GpuClaim(num % count)
     with open_dict(cfg):
-        cfg.trainer.devices = [num % torch.cuda.device_count()]
+        cfg.trainer.devices = [claim.index]
+    return claim
 
 
 # -- SLURM: time limits, requeue, and where the ranks ran -------------------------------

@@ -2,7 +2,8 @@
 and it has the nodes and CPUs the jobs ask for. Otherwise one message and exit status 2,
 before the sweep dir or a study is made, instead of submitit's traceback for each refusal.
 
-A Hydra callback (conf/hydra/default.yaml), so every sweeper gets it.
+A Hydra callback (conf/hydra/default.yaml), so every sweeper gets it. It also bounds the
+sweep's wait on its jobs while SLURM's accounting (sacct) fails: seqmnist.jobs.slurm_watch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from seqmnist.core.errors import ConfigError
+from seqmnist.jobs.search import PASSWORD_ENV
 
 log = logging.getLogger("seqmnist.slurm")
 
@@ -100,15 +102,88 @@ def check_slurm(launcher: DictConfig) -> None:
         )
 
 
+# -- what the jobs are given beside their config --------------------------------------
+# The environment variables a SLURM job reads, in one list: the launcher's sbatch --export
+# names them (conf/hydra/launcher/slurm.yaml, through sbatch_export).
+JOB_ENV: tuple[str, ...] = (
+    PASSWORD_ENV,  # the Optuna storage's password, put there by the sweep (jobs.search)
+    "PGPASSWORD",  # or PostgreSQL's own
+    "MLFLOW_TRACKING_URI",  # conf/logger/mlflow.yaml
+    "MLFLOW_TRACKING_USERNAME",  # a tracking server's login, read by MLflow's client
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "WANDB_API_KEY",  # jobs.tracking.wandb_offline, and wandb itself
+    "WANDB_MODE",
+    "WANDB_BASE_URL",
+    "SEQMNIST_DATA_ROOT",  # conf/paths/default.yaml, data.idx.default_data_root
+    "SEQMNIST_PROJECT_ROOT",
+    "SLURM_CONF",  # a requeue's scontrol, where slurm.conf is not the system's
+)
+
+
+def sbatch_export() -> str:
+    """sbatch's ``--export`` for the SLURM launcher: the submitting environment (ALL) and
+    :data:`JOB_ENV` by name. A name alone makes sbatch copy the value it finds in its own
+    environment; ``NAME=value`` would write the value (the password) into the job's script."""
+    return ",".join(("ALL", *JOB_ENV))
+
+
+def keep_job_env(launcher: DictConfig) -> None:
+    """This sweep's sbatch calls export what the launcher says. sbatch takes SBATCH_EXPORT
+    from its environment over the script's ``#SBATCH --export`` line, and a site's (or a
+    user's) SBATCH_EXPORT=NONE starts a submitit job without even the variables submitit's
+    script sets: it fails before the run starts. The entries given there beside
+    ALL/NONE are kept."""
+    export = OmegaConf.select(launcher, "additional_parameters.export")
+    given = os.environ.get("SBATCH_EXPORT")
+    if not export or given is None or given == str(export):
+        return
+    ours = str(export).split(",")
+    extra = [e for e in given.split(",") if e and e.upper() not in ("ALL", "NONE", "NIL")]
+    os.environ["SBATCH_EXPORT"] = ",".join([*ours, *(e for e in extra if e not in ours)])
+    log.info(
+        f"SBATCH_EXPORT={given} here; the jobs are submitted with {os.environ['SBATCH_EXPORT']}"
+    )
+
+
+def check_tracking(config: DictConfig) -> None:
+    """An MLflow store the jobs can share. Resolving the URI here also makes it the sweep's:
+    the config keeps the value in its resolver cache, which Hydra hands to every job
+    (``seqmnist.launch_env`` in conf/logger/mlflow.yaml), so a job logs where its sweep
+    chose, whatever its node's environment."""
+    node = OmegaConf.select(config, "logger.mlflow")
+    if not node or "_target_" not in node:
+        return
+    uri = str(node.get("tracking_uri") or "")
+    if uri.startswith("sqlite:"):
+        raise ConfigError(
+            f"logger.mlflow.tracking_uri={uri}: SQLite's file locks are unreliable on the "
+            "network file systems a SLURM cluster shares (NFS, Lustre), and every job of the "
+            "sweep writes to it at once. Fix: a tracking server: make cluster-up, then source "
+            "outputs/cluster/env.sh (it sets MLFLOW_TRACKING_URI), or one of your own: "
+            "logger.mlflow.tracking_uri=http://HOST:PORT."
+        )
+
+
 class SlurmPreflight(Callback):
-    """Runs :func:`check_slurm` when a multirun starts on the SLURM launcher."""
+    """Runs :func:`check_slurm` when a multirun starts on the SLURM launcher, then bounds how
+    long the sweep waits for its jobs while SLURM's accounting fails (:mod:`.slurm_watch`)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         launcher = OmegaConf.select(config, "hydra.launcher")
         if launcher is None or not str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
             return
+        # Here, not in the launcher or a sweeper: this runs in the sweep's process before any
+        # job is submitted, whichever sweeper (basic or Optuna) then waits on the jobs.
+        from seqmnist.jobs import slurm_watch  # imports submitit: on the SLURM path only
+
         try:
+            check_tracking(config)  # before the cluster is asked anything
             check_slurm(launcher)
+            keep_job_env(launcher)
+            sacct_bound_s = slurm_watch.sacct_timeout_s()
         except ConfigError as e:
             log.error(str(e))
             sys.exit(e.EXIT_CODE)
+        sweep_dir = str(OmegaConf.select(config, "hydra.sweep.dir"))
+        slurm_watch.watch_slurm_jobs(sweep_dir, sacct_bound_s)

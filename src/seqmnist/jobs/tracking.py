@@ -33,6 +33,18 @@ from seqmnist.core.rundir import CHECKPOINTS
 log = logging.getLogger("seqmnist.tracking")
 
 SQLITE = "sqlite:///"
+SWEEP_DIR_TAG = "sweep_dir"  # an MLflow experiment's tag: the sweep dir it was made for
+
+
+def sweep_dir() -> Path | None:
+    """This multirun's sweep dir, absolute; None in a single run."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed outside a Hydra app (tests, a rank's resolved config)
+        return None
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(hydra_cfg.sweep.dir)).expanduser().resolve()
 
 
 # -- names and modes, as config resolvers (seqmnist.jobs.resolvers) --------------------
@@ -40,18 +52,15 @@ def experiment_name(task_name: str, log_dir: str = "outputs") -> str:
     """The tracker's experiment (W&B: group) of this run: the task for a single run, the
     sweep for a multirun, so one sweep's jobs are compared in one place. A sweep under the
     log dir is named by its path there, less ``multiruns`` (``train/2026-12-02_10-00-00_1``);
-    one elsewhere by its whole path."""
-    try:
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # composed outside a Hydra app (tests, a rank's resolved config)
+    one elsewhere by the task and the sweep dir's name (``train/lr``), as a user looks for it
+    in the MLflow UI's list; its whole path is the experiment's ``sweep_dir`` tag."""
+    sweep = sweep_dir()
+    if sweep is None:
         return task_name
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return task_name
-    sweep = Path(str(hydra_cfg.sweep.dir)).expanduser().resolve()
     try:
         inside = sweep.relative_to(Path(log_dir).expanduser().resolve())
     except ValueError:
-        return str(sweep)
+        return f"{task_name}/{sweep.name}"
     return "/".join(p for p in inside.parts if p != "multiruns") or task_name
 
 
@@ -160,10 +169,20 @@ def _create_experiment(uri: str, node: DictConfig) -> None:
 
     client = MlflowClient(tracking_uri=uri)
     name = str(node.experiment_name)
-    if client.get_experiment_by_name(name) is not None:
+    sweep = sweep_dir()
+    made = client.get_experiment_by_name(name)
+    if made is not None:
+        # Two sweep dirs of one name (/scratch/a/lr, /scratch/b/lr) share the experiment.
+        theirs = made.tags.get(SWEEP_DIR_TAG)
+        if sweep is not None and theirs and theirs != str(sweep):
+            log.warning(
+                f"MLflow experiment {name} holds the runs of the sweep in {theirs}; this "
+                f"sweep's ({sweep}) join them. Fix: another name for the sweep dir."
+            )
         return
+    tags = {SWEEP_DIR_TAG: str(sweep)} if sweep is not None else None
     try:
-        client.create_experiment(name, artifact_location=node.get("artifact_location"))
+        client.create_experiment(name, artifact_location=node.get("artifact_location"), tags=tags)
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
