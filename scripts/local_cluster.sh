@@ -36,8 +36,8 @@ alive() {  # alive PIDFILE NEEDLE: the process named in the pid file runs and is
   local pid
   pid="$(head -1 "$1")"
   [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2" && return 0
-  tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qxF -- "$2"
+  { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$2" && return 0
+  { tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null | grep -qxF -- "$2"
 }
 
 port_busy() {  # port_busy PORT: something accepts connections on 127.0.0.1:PORT
@@ -351,7 +351,7 @@ job_pids() {  # the processes of this cluster's jobs: SLURM gave them a job id a
   local p env
   for p in /proc/[0-9]*; do
     [ "${p#/proc/}" = "$$" ] && continue
-    env="$(tr '\0' '\n' < "$p/environ" 2>/dev/null)" || continue
+    env="$( { tr '\0' '\n' < "$p/environ"; } 2>/dev/null)" || continue
     grep -qxF "SLURM_CONF=$DIR/slurm/slurm.conf" <<<"$env" && grep -q '^SLURM_JOB_ID=' <<<"$env" \
       && echo "${p#/proc/}"
   done
