@@ -378,3 +378,14 @@ class WaitInTest(L.Callback):
             if life is None or life.late is not None:
                 return
             time.sleep(0.2)
+
+
+def fake_command(monkeypatch: Any, bin_dir: Path, name: str, script: str) -> Path:
+    """A stand-in for a command (``scontrol``, ``squeue``, ...) first on PATH: a shell
+    script with ``script`` as its body."""
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / name
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return fake

@@ -5,8 +5,6 @@ it once SLURM no longer knows the job."""
 
 from __future__ import annotations
 
-import os
-import stat
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from hydra_plugins.seqmnist_optuna_sweeper._impl import Heartbeats
 from seqmnist.core.internals import optuna_trial_id
 from seqmnist.jobs.search import HEARTBEAT_ATTR, REQUEUED_ATTR, open_storage
+from tests.helpers import fake_command
 
 GRACE = 120  # the sweeper's default grace period
 
@@ -25,15 +24,13 @@ def squeue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A stand-in ``squeue`` on PATH that prints the file it returns (``<id> <state>`` lines),
     or fails as SLURM does for ids it no longer knows when the file is missing."""
     answer = tmp_path / "squeue_says"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "squeue"
-    fake.write_text(
-        f"#!/bin/sh\nif [ -f {answer} ]; then cat {answer}; exit 0; fi\n"
-        'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1\n'
+    fake_command(
+        monkeypatch,
+        tmp_path / "bin",
+        "squeue",
+        f"if [ -f {answer} ]; then cat {answer}; exit 0; fi\n"
+        'echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1',
     )
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return answer
 
 

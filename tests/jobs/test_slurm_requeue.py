@@ -30,6 +30,21 @@ LONG = [
 SLOW = ["+callbacks.slow._target_=tests.helpers.SlowSteps", "+callbacks.slow.seconds=0.5"]
 
 
+def time_limited_sweep(root: Path, sweep: Path, cluster: dict[str, str], *args: str) -> None:
+    """A sweep of 2-minute SLURM jobs whose time-limit signal (SIGUSR2) comes 60 s before the
+    limit, so some 30-60 s into a job; it must succeed."""
+    proc = sweep_on_slurm(
+        root,
+        sweep,
+        *args,
+        "hydra.launcher.timeout_min=2",
+        "hydra.launcher.signal_delay_s=60",
+        env=cluster,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
 def sacct_runs(job: str, cluster: dict[str, str]) -> list[str]:
     """Every start of a job (``-D``: requeued ones too), oldest first: their states."""
     return subprocess.run(
@@ -48,20 +63,9 @@ def test_a_time_limit_mid_run_requeues_the_job_and_it_ends_as_if_never_stopped(
     mid-run and requeues its own array task; job 1 finishes first and must run once only (a
     requeue of the whole array would run it again)."""
     sweep = tmp_path / "sweep"
-    proc = sweep_on_slurm(
-        synthetic_root,
-        sweep,
-        *LONG,
-        *SLOW,
-        "+callbacks.slow.job=0",
-        "seed=42,7",
-        "hydra.launcher.timeout_min=2",
-        "hydra.launcher.signal_delay_s=60",
-        env=cluster,
-        timeout=600,
+    time_limited_sweep(
+        synthetic_root, sweep, cluster, *LONG, *SLOW, "+callbacks.slow.job=0", "seed=42,7"
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
     run_dir = sweep / "0"
     log = (run_dir / "train.log").read_text()
     assert "stopped by SIGUSR2 (the job's time limit)" in log  # the signal came mid-run
@@ -89,17 +93,9 @@ def test_a_time_limit_once_the_fit_is_over_lets_the_job_complete(
     """The time-limit signal lands in the test (the run waits there for it): the run
     finishes, the job is not requeued, and SLURM records it COMPLETED."""
     sweep = tmp_path / "sweep"
-    proc = sweep_on_slurm(
-        synthetic_root,
-        sweep,
-        "+callbacks.wait._target_=tests.helpers.WaitInTest",
-        "hydra.launcher.timeout_min=2",
-        "hydra.launcher.signal_delay_s=60",
-        env=cluster,
-        timeout=400,
+    time_limited_sweep(
+        synthetic_root, sweep, cluster, "+callbacks.wait._target_=tests.helpers.WaitInTest"
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
     log = (sweep / "0" / "train.log").read_text()
     assert "SIGUSR2 (the job's time limit) during the run's test: it finishes first" in log
     assert "requeued" not in log

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import torch
 from seqmnist.jobs.search import REQUEUED_ATTR, open_storage
 from seqmnist.train import run
 from seqmnist.training.lifecycle import Lifecycle, Phase
-from tests.helpers import FAST, compose_config, metrics_of
+from tests.helpers import FAST, compose_config, fake_command, metrics_of
 
 # Two epochs of 4 steps, 2 validation and 4 test batches, a sanity check of one batch,
 # dropout (the RNG matters), a one-cycle schedule stepped every batch, and a last.ckpt every
@@ -126,17 +125,15 @@ def slurm_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This process as task 0 of a SLURM batch job, with a stand-in ``scontrol`` that
     records each call: the file it returns."""
     calls = tmp_path / "scontrol_calls"
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "scontrol"
     # Refuses, as a site with JobRequeue=0 would, when SCONTROL_REFUSES is set.
-    fake.write_text(
-        f'#!/bin/sh\necho "$@" >> {calls}\n'
+    fake_command(
+        monkeypatch,
+        tmp_path / "bin",
+        "scontrol",
+        f'echo "$@" >> {calls}\n'
         'if [ -n "$SCONTROL_REFUSES" ]; then echo "Requested operation is presently disabled '
-        'for job" >&2; exit 1; fi\n'
+        'for job" >&2; exit 1; fi',
     )
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     for key, value in {
         "SLURM_JOB_ID": "4242",
         "SLURM_ARRAY_JOB_ID": "4242",
@@ -333,6 +330,16 @@ def epochs_logged(rows: list[dict[str, str]], key: str) -> list[str]:
     return [r["epoch"] for r in rows if r.get(key) not in (None, "")]
 
 
+def every_epoch_and_step_once(run_dir: Path) -> list[dict[str, str]]:
+    """The run's metrics.csv holds both epochs and all 8 training steps, each once."""
+    rows = csv_rows(run_dir)
+    assert epochs_logged(rows, "val/acc") == ["0", "1"]
+    assert epochs_logged(rows, "train/loss_epoch") == ["0", "1"]
+    steps = [int(r["step"]) for r in rows if r.get("train/loss") not in (None, "")]
+    assert steps == list(range(8))
+    return rows
+
+
 def test_a_resumed_run_keeps_every_loggers_history(
     synthetic_root: Path, tmp_path: Path, never_stopped: tuple
 ) -> None:
@@ -350,11 +357,7 @@ def test_a_resumed_run_keeps_every_loggers_history(
     args = [f"resume={run_dir}"]
     assert run(compose_config(*args, run_dir=tmp_path / "inv"), args, multirun=False)[0] == 0
 
-    rows = csv_rows(run_dir)
-    assert epochs_logged(rows, "val/acc") == ["0", "1"]
-    assert epochs_logged(rows, "train/loss_epoch") == ["0", "1"]
-    steps = [int(r["step"]) for r in rows if r.get("train/loss") not in (None, "")]
-    assert steps == list(range(8))  # every training step once
+    rows = every_epoch_and_step_once(run_dir)
 
     (tb_run,) = (run_dir / "tensorboard").iterdir()
     events = EventAccumulator(str(tb_run)).Reload()
@@ -386,11 +389,7 @@ def test_rows_logged_again_after_a_kill_replace_the_earlier_ones(
     (epoch0,) = (run_dir / "checkpoints").glob("epoch_000*.ckpt")  # saved at epoch 0's end
     args = [f"resume={epoch0}"]
     assert run(compose_config(*args, run_dir=tmp_path / "inv"), args, multirun=False)[0] == 0
-    rows = csv_rows(run_dir)
-    assert epochs_logged(rows, "val/acc") == ["0", "1"]
-    assert epochs_logged(rows, "train/loss_epoch") == ["0", "1"]
-    steps = [int(r["step"]) for r in rows if r.get("train/loss") not in (None, "")]
-    assert steps == list(range(8))
+    every_epoch_and_step_once(run_dir)
 
 
 def test_a_finished_run_trained_longer_matches_the_longer_run(
