@@ -231,11 +231,13 @@ start_slurm() {
   if alive "$d/run/slurmctld.pid" "$d/slurm.conf"; then say "slurmctld is running"
   else
     free_port "$CTLD_PORT" slurmctld
-    # -c and an empty state dir: a fresh queue. Jobs of an earlier `up` (kept in
-    # StateSaveLocation) do not come back; `down` ended them.
-    rm -rf "$d/state" && mkdir -p "$d/state"
-    slurmctld -c -f "$d/slurm.conf"
+    slurmctld -f "$d/slurm.conf"
     wait_for 20 slurmctld scontrol ping
+    # A clean queue: a job an earlier `up` left (its daemons killed, not stopped by `down`)
+    # would come back from StateSaveLocation. The state itself is kept: it holds the next job
+    # id, and ids must not start again at 1 while slurmdbd remembers the old jobs (sacct, and
+    # so submitit, would read an old job's end for a new one's).
+    scancel --user="$(id -un)" 2>/dev/null || true
     say "slurmctld started"
   fi
   local port=$((BASE + 18))
