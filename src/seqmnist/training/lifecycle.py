@@ -20,8 +20,8 @@ next start) ends as the run never stopped would:
 - **done**: ignored. In a submitit job the time-limit signals stay ignored until the
   process ends, so a late one neither requeues a finished job nor kills it as it exits.
 
-The status in ``metrics.json`` (running, completed, pruned, interrupted, failed) is written
-here only.
+A run writes its status in ``metrics.json`` (running, completed, pruned, interrupted,
+failed) here only; a sweep may still mark a job it lost, from outside the run.
 """
 
 from __future__ import annotations
