@@ -110,7 +110,10 @@ def test_the_local_cluster_trusts_only_its_own_processes_and_leaves_nothing(
         # A job that is still running when the ports move: the old cluster is stopped with
         # its job, and the new one starts with an empty queue on the new ports.
         env = {**os.environ, "SLURM_CONF": str(folder / "slurm" / "slurm.conf")}
-        subprocess.run(["sbatch", "--wrap", "sleep 600"], env=env, check=True, timeout=30)
+        job_log = str(folder / "job-%j.out")  # not slurm-N.out in the project's folder
+        subprocess.run(
+            ["sbatch", "--output", job_log, "--wrap", "sleep 600"], env=env, check=True, timeout=30
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             queue = subprocess.run(
