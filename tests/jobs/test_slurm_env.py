@@ -164,6 +164,8 @@ def test_the_tracking_check_leaves_other_launchers_and_servers_alone(
 
 
 @pytest.mark.cluster
+@pytest.mark.e2e  # a real sbatch array on the local cluster
+@pytest.mark.slow
 def test_slurm_jobs_get_the_variables_where_the_submitting_shell_exports_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -175,6 +175,7 @@ def test_a_job_lost_while_sacct_fails_ends_the_sweep_with_one_message(
     assert (run_dir / "metrics.json").is_file()  # nothing of the sweep is removed
 
 
+@pytest.mark.slow  # waits through submitit's polling, several seconds
 def test_sacct_failing_for_less_than_the_bound_is_waited_through(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -195,6 +196,7 @@ def test_sacct_failing_for_less_than_the_bound_is_waited_through(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@pytest.mark.slow  # waits through submitit's polling, several seconds
 def test_a_cluster_without_accounting_is_waited_on_as_before(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
