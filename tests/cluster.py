@@ -103,6 +103,17 @@ def sacct_states(job_ids: list[str], env: dict[str, str]) -> dict[str, str]:
     return dict(line.split("|", 1) for line in out.split() if "|" in line)
 
 
+def sacct_runs(job: str, cluster: dict[str, str]) -> list[str]:
+    """Every start of a job (``-D``: requeued ones too), oldest first: their states."""
+    return subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job],
+        env={**os.environ, **cluster},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+
 def slurm_job_ids(sweep: Path) -> list[str]:
     """The SLURM job ids of a sweep's jobs (``12_0``, ``12_1`` for the tasks of an array),
     from submitit's folders."""

@@ -380,12 +380,18 @@ class WaitInTest(L.Callback):
             time.sleep(0.2)
 
 
-def fake_command(monkeypatch: Any, bin_dir: Path, name: str, script: str) -> Path:
-    """A stand-in for a command (``scontrol``, ``squeue``, ...) first on PATH: a shell
-    script with ``script`` as its body."""
-    bin_dir.mkdir(exist_ok=True)
+def write_command(bin_dir: Path, name: str, script: str) -> Path:
+    """A stand-in for a command (``scontrol``, ``squeue``, ``sacct``, ...) in ``bin_dir``: a
+    shell script with ``script`` as its body."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
     fake = bin_dir / name
     fake.write_text(f"#!/bin/sh\n{script}\n")
     fake.chmod(0o755)
+    return fake
+
+
+def fake_command(monkeypatch: Any, bin_dir: Path, name: str, script: str) -> Path:
+    """:func:`write_command`, with ``bin_dir`` first on this process's PATH."""
+    fake = write_command(bin_dir, name, script)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return fake

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.cluster import sacct_states, slurm_job_ids, sweep_on_slurm, wait_for
+from tests.cluster import sacct_runs, sacct_states, slurm_job_ids, sweep_on_slurm, wait_for
 from tests.helpers import FAST, ONE_THREAD, PROJECT_ROOT, metrics_of, run_module, train_in_process
 from tests.jobs.test_ddp import final_state
 from tests.training.test_faults import SAME
@@ -43,17 +43,6 @@ def time_limited_sweep(root: Path, sweep: Path, cluster: dict[str, str], *args: 
         timeout=600,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-
-
-def sacct_runs(job: str, cluster: dict[str, str]) -> list[str]:
-    """Every start of a job (``-D``: requeued ones too), oldest first: their states."""
-    return subprocess.run(
-        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job],
-        env={**os.environ, **cluster},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
 
 
 def test_a_time_limit_mid_run_requeues_the_job_and_it_ends_as_if_never_stopped(

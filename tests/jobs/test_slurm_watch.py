@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from seqmnist.jobs.preflight import SlurmPreflight
 from seqmnist.jobs.resolvers import register_resolvers
 from seqmnist.jobs.slurm_watch import sacct_timeout_s
 from tests.cluster import SLURM
-from tests.helpers import CONFIG_DIR, ONE_THREAD, run_module, run_sweep
+from tests.helpers import CONFIG_DIR, ONE_THREAD, run_module, run_sweep, write_command
 from tests.hydra_plugins.searches import search
 
 # What sacct 22.05 says (exit status 1, nothing on stdout) when slurmdbd is not there: sacct
@@ -74,9 +73,7 @@ def fake_slurm(
         "sinfo": 'printf "n1 1 6026 debug*\\nn2 1 6026 debug*\\n"\n',
     }
     for name, body in scripts.items():
-        path = folder / name
-        path.write_text("#!/bin/sh\n" + body)
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+        write_command(folder, name, body)
     return folder
 
 
