@@ -5,7 +5,9 @@
 #   bash scripts/local_cluster.sh down     # (make cluster-down) stop what `up` started, by pid
 #   bash scripts/local_cluster.sh status
 # Everything lives under outputs/cluster/ (config, state, logs, pid files); `up` writes
-# outputs/cluster/env.sh, which exports SLURM_CONF, SEQMNIST_PG_URL and MLFLOW_TRACKING_URI.
+# outputs/cluster/env.sh, which exports SLURM_CONF, SEQMNIST_PG_URL and MLFLOW_TRACKING_URI,
+# and SEQMNIST_PG_PASSWORD_URL with SEQMNIST_PG_PASSWORD: a role that must give its password
+# (the URL names it without one), for searches whose storage password reaches the jobs.
 # Ports (loopback only) can be moved with CLUSTER_PORT_BASE (default 16800): slurmctld
 # +17, the nodes +18/+19, PostgreSQL +32, MLflow +50.
 set -euo pipefail
@@ -23,6 +25,11 @@ MLFLOW_PORT=$((BASE + 50))
 NODES=(n1 n2)
 PG_DB=seqmnist_search
 PG_USER=seqmnist
+# A role that must authenticate with its password (scram-sha-256), owner of a database of its
+# own; the password is generated once and kept in PG_PW_FILE (mode 600).
+PG_PW_USER=seqmnist_pw
+PG_PW_DB=seqmnist_search_pw
+PG_PW_FILE="$DIR/pg_password"
 HOST="$(hostname -s)"
 PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
 
@@ -288,6 +295,58 @@ start_postgres() {
     "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
       || "${psql[@]}" -c "CREATE DATABASE $db OWNER $PG_USER"
   done
+  password_role
+}
+
+# The role that needs its password. pg_hba.conf takes the first line that matches, and
+# initdb --auth=trust trusts every local connection: the role's own lines go first. Its
+# password never goes on a command line (ps shows those): psql reads it from its stdin, and
+# the check below from the environment.
+PG_HBA_MARK="# $PG_PW_USER: its password, always (scripts/local_cluster.sh)"
+
+password_role() {
+  local d="$DIR/postgres" pw
+  local psql=("$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qAt)
+  if [ ! -s "$PG_PW_FILE" ]; then
+    (umask 077; od -An -N18 -tx1 /dev/urandom | tr -d ' \n' > "$PG_PW_FILE")
+    say "PostgreSQL password of $PG_PW_USER generated in $PG_PW_FILE"
+  fi
+  chmod 600 "$PG_PW_FILE"
+  pw="$(cat "$PG_PW_FILE")"
+  [[ "$pw" =~ ^[0-9a-f]+$ ]] || die "$PG_PW_FILE holds no password. Fix: delete it and run up again."
+  if ! "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname='$PG_PW_USER'" | grep -q 1; then
+    printf "SET password_encryption = 'scram-sha-256';\nCREATE ROLE %s LOGIN PASSWORD '%s';\n" \
+      "$PG_PW_USER" "$pw" | "${psql[@]}" >/dev/null
+    say "PostgreSQL role $PG_PW_USER made (it needs its password)"
+  fi
+  "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname='$PG_PW_DB'" | grep -q 1 \
+    || "${psql[@]}" -c "CREATE DATABASE $PG_PW_DB OWNER $PG_PW_USER"
+  local hba="$d/data/pg_hba.conf"
+  if ! grep -qxF "$PG_HBA_MARK" "$hba"; then
+    # Rewritten in place (cat >), so the file keeps its owner (postgres, when run as root).
+    { printf '%s\n' "$PG_HBA_MARK" \
+        "local   all   $PG_PW_USER                  scram-sha-256" \
+        "host    all   $PG_PW_USER   127.0.0.1/32   scram-sha-256" \
+        "host    all   $PG_PW_USER   ::1/128        scram-sha-256"
+      cat "$hba"; } > "$hba.new"
+    cat "$hba.new" > "$hba"
+    rm -f "$hba.new"
+    pg "$PG_BIN/pg_ctl" -D "$d/data" reload >/dev/null || die "pg_ctl reload failed: $d/postgres.log"
+    sleep 1  # the server reads pg_hba.conf again on the signal, not before pg_ctl returns
+    say "pg_hba.conf: $PG_PW_USER needs its password (server reloaded)"
+  fi
+  if ! PGPASSWORD="$pw" pw_login >/dev/null 2>&1; then
+    # A role made before $PG_PW_FILE was (made again): it takes the file's password.
+    printf "SET password_encryption = 'scram-sha-256';\nALTER ROLE %s LOGIN PASSWORD '%s';\n" \
+      "$PG_PW_USER" "$pw" | "${psql[@]}" >/dev/null
+    PGPASSWORD="$pw" pw_login >/dev/null \
+      || die "$PG_PW_USER cannot log in with the password in $PG_PW_FILE; see $d/postgres.log"
+    say "PostgreSQL role $PG_PW_USER given the password in $PG_PW_FILE"
+  fi
+}
+
+pw_login() {  # the role logs in over TCP with the password in PGPASSWORD (never asks for it)
+  "$PG_BIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_PW_USER" -d "$PG_PW_DB" -w -qAt -c "SELECT 1"
 }
 
 # -- MLflow: a tracking server backed by that PostgreSQL, with an artifact folder ---------
@@ -310,13 +369,19 @@ start_mlflow() {
   WATCH_PID="$(cat "$d/server.pid")" wait_for 120 "the MLflow server" mlflow_answers
 }
 
-write_env() {
-  cat > "$DIR/env.sh" <<EOF
+write_env() {  # mode 600, before the password is in it: it holds that of $PG_PW_USER
+  if [ -e "$DIR/env.sh" ]; then chmod 600 "$DIR/env.sh"; fi
+  (umask 077; cat > "$DIR/env.sh" <<EOF
 # Written by scripts/local_cluster.sh up: source it to use the local cluster.
 export SLURM_CONF="$DIR/slurm/slurm.conf"
 export SEQMNIST_PG_URL="postgresql://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB"
 export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+# A role that must give its password; the URL names none (a search's storage takes it as
+# postgresql://$PG_PW_USER:\${oc.env:SEQMNIST_PG_PASSWORD}@127.0.0.1:$PG_PORT/$PG_PW_DB).
+export SEQMNIST_PG_PASSWORD_URL="postgresql://$PG_PW_USER@127.0.0.1:$PG_PORT/$PG_PW_DB"
+export SEQMNIST_PG_PASSWORD="$(cat "$PG_PW_FILE")"
 EOF
+  )
 }
 
 up() {

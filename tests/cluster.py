@@ -3,8 +3,8 @@
 
 Its environment (SLURM_CONF, SEQMNIST_PG_URL, MLFLOW_TRACKING_URI) comes from
 ``outputs/cluster/env.sh``, else from the test's own environment. When it is not up the
-tests skip with the reason; under ``SEQMNIST_REQUIRE_CLUSTER=1`` (CI, whose ``.ci/run``
-starts it) they fail.
+tests skip with the reason; under CI (whose ``.ci/run`` starts it) a skip fails
+(tests/skip_rule.py).
 """
 
 from __future__ import annotations
@@ -78,10 +78,37 @@ def cluster_env() -> dict[str, str]:
         why = f"SLURM is not installed ({e.filename})"
     if why is None:
         return env
-    message = f"the local cluster is not up: {why}. Start it with: make cluster-up"
-    if os.environ.get("SEQMNIST_REQUIRE_CLUSTER") == "1":
-        pytest.fail(message + " (SEQMNIST_REQUIRE_CLUSTER=1)")
-    pytest.skip(message)
+    pytest.skip(f"the local cluster is not up: {why}. Start it with: make cluster-up")
+
+
+def _queue_and_nodes(env: dict[str, str]) -> tuple[list[str], list[str]]:
+    def ask(*cmd: str) -> list[str]:
+        out = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True)
+        return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+    jobs = ask("squeue", "-h", "-o", "%i %j %T")
+    nodes = ask("sinfo", "-h", "-N", "-o", "%N %T")
+    return jobs, nodes
+
+
+def wait_for_an_idle_cluster(env: dict[str, str], timeout: float = 240) -> None:
+    """Wait until no job is queued and every node is idle: a test that sizes its jobs to the
+    two one-CPU nodes (the DDP job needs both) must not start beside an earlier test's jobs.
+    The cluster tests run one at a time (tests/conftest.py's ``cluster`` group), so the wait
+    covers only jobs still ending; past the timeout the test fails and names them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs, nodes = _queue_and_nodes(env)
+        busy = [n for n in nodes if not n.endswith(" idle")]
+        if not jobs and nodes and not busy:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"the local cluster is still busy after {timeout:.0f} s: jobs {jobs or 'none'}, "
+                f"nodes {nodes or 'none found'}; an earlier test left them (scancel them, or "
+                "make cluster-down && make cluster-up)"
+            )
+        time.sleep(1)
 
 
 def sweep_on_slurm(

@@ -11,8 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from .cluster import cluster_env
+from .cluster import cluster_env, wait_for_an_idle_cluster
 from .helpers import REAL_DATA_ROOT, drawn_digit, train_in_process, write_dataset
+from .skip_rule import (  # noqa: F401  (pytest finds hooks by name)
+    pytest_make_collect_report,
+    pytest_report_header,
+    pytest_runtest_makereport,
+)
+
+# pytester: the skip rule is tested on a suite of its own.
+pytest_plugins = ["pytester"]
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +131,27 @@ def pictures(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def cluster() -> dict[str, str]:
-    """The local cluster's environment (tests/cluster.py): skips, or fails under
-    SEQMNIST_REQUIRE_CLUSTER=1, when it is not up."""
+    """The local cluster's environment (tests/cluster.py): a skip when it is not up (a
+    failure under CI: tests/skip_rule.py)."""
     return cluster_env()
+
+
+@pytest.fixture(autouse=True)
+def idle_cluster_first(request: pytest.FixtureRequest) -> None:
+    """A test marked ``cluster`` starts once the jobs of earlier tests have left it."""
+    if request.node.get_closest_marker("cluster") is not None:
+        wait_for_an_idle_cluster(cluster_env())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (make test) a file's tests share a worker, as with
+    ``loadfile``, except the tests marked ``cluster``: they form one group, run one at a time
+    beside the rest, because they share two one-CPU SLURM nodes (a DDP job needs both, the
+    requeue test holds one for minutes). Runs before xdist reads the groups."""
+    if config.getoption("dist", "no") != "loadgroup":
+        return
+    for item in items:
+        cluster = item.get_closest_marker("cluster") is not None
+        group = "cluster" if cluster else item.path.relative_to(config.rootpath).as_posix()
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -380,6 +380,31 @@ class WaitInTest(L.Callback):
             time.sleep(0.2)
 
 
+class HoldUntil(L.Callback):
+    """Holds a job at its first training batch (its fit has begun: a search trial's job beats
+    its heartbeat there) until ``release`` (a file) exists, at most ``seconds``. As the hold
+    begins it makes ``<held>/<the job's directory name>``, so a test knows the job is there.
+    With ``job=N`` only the sweep job whose directory is named ``N`` is held. Added with
+    ``+callbacks.hold._target_=tests.helpers.HoldUntil +callbacks.hold.release=PATH
+    +callbacks.hold.held=DIR``."""
+
+    def __init__(
+        self, release: str, held: str, seconds: float = 180, job: str | None = None
+    ) -> None:
+        self.release, self.held, self.seconds = Path(release), Path(held), seconds
+        self.job = None if job is None else str(job)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, idx: int):
+        name = Path(trainer.default_root_dir).name
+        if trainer.current_epoch or idx or (self.job is not None and name != self.job):
+            return
+        self.held.mkdir(parents=True, exist_ok=True)
+        (self.held / name).touch()
+        deadline = time.monotonic() + self.seconds
+        while not self.release.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 def write_command(bin_dir: Path, name: str, script: str) -> Path:
     """A stand-in for a command (``scontrol``, ``squeue``, ``sacct``, ...) in ``bin_dir``: a
     shell script with ``script`` as its body."""

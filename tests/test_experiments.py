@@ -31,6 +31,98 @@ EXPECTED = {
     "psmnist_lstm": ("mnist", "permuted", "lstm"),
     "fast99": ("mnist", "patch", "lstm"),
 }
+# experiment -> the recipe behind its row of the results table, as conf/experiment/<name>.yaml
+# (and the defaults it builds on) gives it; a change of any of these values is a new recipe.
+# Read off the composed config as the run builds its model, optimizer and data from it.
+ADAM_1E3 = {"optimizer": "torch.optim.Adam", "lr": 0.001}
+AFFINE = {"rotate": 10.0, "translate": 0.1, "scale": 0.1, "shear": 10.0}
+BEST_ROW = {
+    "net": ("lstm", 1, 128, 0.0, False, "torch"),  # cell, layers, hidden, dropout, bidir, init
+    "optimizer": "torch.optim.Adam",
+    "lr": 0.003,
+    "scheduler": ("torch.optim.lr_scheduler.OneCycleLR", 0.003, 0.25),  # max_lr, pct_start
+    "data": ("mnist", "row", 28, 128),  # dataset, sequence, pixels a step, batch size
+    "augment": AFFINE,
+    "ema_decay": 0.999,
+    "trainer": (50, 1.0),  # max_epochs, gradient_clip_val
+    "anytime_loss": "none",
+    "results": (0.994, True),  # target, run by `make results`
+}
+RECIPES = {
+    "tutorial_lstm": {
+        **BEST_ROW,
+        **ADAM_1E3,
+        "scheduler": None,
+        "augment": {},
+        "ema_decay": None,
+        "trainer": (20, None),  # trainer=cpu's 20 epochs, no clipping
+        "results": (0.985, True),
+    },
+    "tutorial_rnn": {
+        **BEST_ROW,
+        "net": ("rnn", 1, 128, 0.0, False, "torch"),
+        "optimizer": "torch.optim.RMSprop",
+        "lr": 0.001,
+        "rmsprop": {"alpha": 0.9, "momentum": 0.0},
+        "scheduler": None,
+        "augment": {},
+        "ema_decay": None,
+        "trainer": (20, 1.0),
+        "results": (None, True),
+    },
+    "tutorial_gru3": {
+        **BEST_ROW,
+        "net": ("gru", 3, 200, 0.2, False, "tf1"),
+        "optimizer": "seqmnist.models.optimizers.TF1RMSprop",
+        "lr": 0.001,
+        "rmsprop": {"decay": 0.9, "epsilon": 1e-10, "momentum": 0.0},
+        "scheduler": None,
+        "data": ("mnist", "row", 28, 64),
+        "augment": {},
+        "ema_decay": None,
+        "trainer": (3, None),
+        "results": (0.985, True),
+    },
+    "best_row": BEST_ROW,
+    "anytime_row": {**BEST_ROW, "anytime_loss": "linear", "results": (0.99, True)},
+    "fashion_row": {
+        **BEST_ROW,
+        "net": ("lstm", 2, 128, 0.2, False, "torch"),
+        "data": ("fashion_mnist", "row", 28, 128),
+        "augment": {},
+        "trainer": (30, 1.0),
+        "results": (0.915, True),
+    },
+    "fast99": {
+        **BEST_ROW,
+        "lr": 0.01,
+        "scheduler": ("torch.optim.lr_scheduler.OneCycleLR", 0.01, 0.25),
+        "data": ("mnist", "patch", 56, 128),
+        "augment": {},
+        "ema_decay": None,
+        "trainer": (8, 1.0),
+        "results": (0.99, False),
+    },
+    "smnist_lstm": {
+        **BEST_ROW,
+        **ADAM_1E3,
+        "scheduler": ("torch.optim.lr_scheduler.CosineAnnealingLR", None, None),
+        "data": ("mnist", "pixel", 28, 128),
+        "augment": {},
+        "ema_decay": None,
+        "results": (None, False),
+    },
+    "psmnist_lstm": {
+        **BEST_ROW,
+        **ADAM_1E3,
+        "scheduler": ("torch.optim.lr_scheduler.CosineAnnealingLR", None, None),
+        "data": ("mnist", "permuted", 28, 128),
+        "permutation_seed": 0,
+        "augment": {},
+        "ema_decay": None,
+        "results": (None, False),
+    },
+}
 # On top of the suite's FAST overrides (the last value wins): a couple of batches each, so the
 # 784-step pixel experiments also take seconds.
 TINY = [
@@ -78,6 +170,47 @@ def test_experiment_composes(name: str) -> None:
     # No experiment forces a GPU: `trainer=gpu` is the user's to add.
     assert cfg.trainer.accelerator == "cpu"
     assert cfg.tags, "experiments tag their runs"
+
+
+def recipe(cfg) -> dict:
+    """What RECIPES pins, read off a composed config as the run builds from it."""
+    model, data = OmegaConf.to_container(cfg.model, resolve=True), cfg.data
+    net, optimizer, scheduler = model["net"], model["optimizer"], model["scheduler"]
+    ema = cfg.callbacks.get("weight_averaging")
+    out = {
+        "net": tuple(
+            net[k]
+            for k in ("cell", "num_layers", "hidden_size", "dropout", "bidirectional", "init")
+        ),
+        "optimizer": optimizer["_target_"],
+        "lr": optimizer["lr"],
+        "scheduler": scheduler
+        and tuple(scheduler["scheduler"].get(k) for k in ("_target_", "max_lr", "pct_start")),
+        "data": (data.dataset, data.sequence, data.step_pixels, data.batch_size),
+        # elastic_sigma only shapes an elastic map: it counts when elastic_alpha does.
+        "augment": {k: v for k, v in data.augment.items() if v and k != "elastic_sigma"},
+        "ema_decay": ema.decay if ema else None,
+        "trainer": (cfg.trainer.max_epochs, cfg.trainer.gradient_clip_val),
+        "anytime_loss": model["anytime_loss"],
+        "results": (cfg.results.target, cfg.results.run),
+    }
+    if "RMSprop" in optimizer["_target_"]:
+        keys = ("decay", "epsilon") if "TF1" in optimizer["_target_"] else ("alpha",)
+        out["rmsprop"] = {k: optimizer[k] for k in (*keys, "momentum")}
+    if data.sequence == "permuted":
+        out["permutation_seed"] = data.permutation_seed
+    return out
+
+
+def test_every_experiment_has_its_recipe_pinned() -> None:
+    assert sorted(RECIPES) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_keeps_its_recipe(name: str) -> None:
+    cfg = compose_experiment(name)
+    assert recipe(cfg) == RECIPES[name]
+    assert cfg.model.label_smoothing == 0.0
 
 
 def test_a_one_cycle_peak_follows_the_learning_rate() -> None:

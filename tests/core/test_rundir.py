@@ -59,7 +59,7 @@ def test_metrics_are_written_whole_and_failures_recorded(tmp_path: Path) -> None
 
 
 def test_a_status_write_keeps_what_the_run_recorded(tmp_path: Path) -> None:
-    """Issue 26, item 13: a signal-stopped run keeps its trackers' run ids (resume= continues
+    """A signal-stopped run keeps its trackers' run ids (resume= continues
     them) and its settings; before, the status write replaced the whole file."""
     run = RunDir(tmp_path / "r")
     recorded = {"status": "running", "cell": "gru", "tracking": {"mlflow": "abc", "wandb": "x1"}}
@@ -74,7 +74,7 @@ def test_a_status_write_keeps_what_the_run_recorded(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
 def test_run_files_get_the_umasks_mode(tmp_path: Path, mask: int) -> None:
-    """Issue 26: metrics.json and checkpoints were written 0600 (mkstemp's mode), unreadable
+    """Metrics.json and checkpoints were written 0600 (mkstemp's mode), unreadable
     to a group sharing the project directory; now as an ordinary open() would write them."""
     from seqmnist.training.faults import AtomicCheckpointIO
 

@@ -78,7 +78,7 @@ def test_real_mnist_digits_come_back_unchanged(real_root: Path) -> None:
 
 
 def test_pictures_too_large_to_read_safely_are_refused(tmp_path: Path) -> None:
-    """Issue 26: the size is checked on the file and on the header, before decoding."""
+    """The size is checked on the file and on the header, before decoding."""
     from seqmnist.data.images import MAX_FILE_BYTES
 
     big = tmp_path / "big.png"

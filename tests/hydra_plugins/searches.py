@@ -43,6 +43,34 @@ def postgres_study() -> tuple[str, str]:
     return cluster_env()["SEQMNIST_PG_URL"], f"test-{uuid.uuid4().hex[:12]}"
 
 
+# The environment variable of the local cluster's env.sh that holds the password of its
+# PostgreSQL role that must give one (scripts/local_cluster.sh).
+PG_PASSWORD_ENV = "SEQMNIST_PG_PASSWORD"
+
+
+def password_study(cluster: dict[str, str]) -> tuple[str, str, str, str]:
+    """On the local cluster's PostgreSQL, as its role that must give its password (over TCP,
+    scram-sha-256): (the storage URL as a user types it, its password taken from the
+    environment by ``${oc.env:SEQMNIST_PG_PASSWORD}``; the URL with the password, for the
+    test's own look at the study; the password; a study name of its own)."""
+    import pytest
+    from sqlalchemy.engine import make_url
+
+    bare, password = cluster.get("SEQMNIST_PG_PASSWORD_URL"), cluster.get(PG_PASSWORD_ENV)
+    if not bare or not password:
+        pytest.skip(
+            "the local cluster has no PostgreSQL role with a password: its env.sh was written "
+            "before it had one. Fix: make cluster-up (on a running cluster it adds the role)"
+        )
+    url = make_url(bare)
+    typed = (
+        f"{url.drivername}://{url.username}:${{oc.env:{PG_PASSWORD_ENV}}}"
+        f"@{url.host}:{url.port}/{url.database}"
+    )
+    full = url.set(password=password).render_as_string(hide_password=False)
+    return typed, full, password, f"test-{uuid.uuid4().hex[:12]}"
+
+
 def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 

@@ -26,7 +26,9 @@ from hydra_plugins.seqmnist_optuna_sweeper._impl import (
 from hydra_plugins.seqmnist_optuna_sweeper.sweeper import OptunaSweeper
 from seqmnist.core.errors import ConfigError
 from seqmnist.jobs.search import make_pruner, make_sampler, open_storage
-from tests.helpers import PROJECT_ROOT, compose_config, user_env
+from tests.cluster import SLURM, slurm_job_ids
+from tests.helpers import ONE_THREAD, PROJECT_ROOT, compose_config, run_module, user_env
+from tests.hydra_plugins.searches import password_study, search, study_of
 
 
 def sweeper_of(**settings) -> OptunaSweeperImpl:
@@ -114,7 +116,7 @@ def test_a_malformed_expression_is_named(line: str, needle: str) -> None:
 
 
 def test_integer_keys_search_integers_and_ranges_keep_their_last_value() -> None:
-    """Issue 26, item 8: Hydra reads every interval as floats, so hidden=interval(32, 256)
+    """Hydra reads every interval as floats, so hidden=interval(32, 256)
     gave every trial a float hidden size; and a float range lost its last value."""
     space, _ = parse_search_space(
         ["hidden=interval(32, 256)", "dropout=range(0.0, 1.0, 0.3)", "layers=range(1, 6, 2)"],
@@ -158,7 +160,7 @@ def test_unknown_sampler_or_pruner_is_named(kind: str, spec, needle: str) -> Non
 
 
 def test_the_cma_es_sampler_needs_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 26, item 9: sampler=cmaes was advertised, its package not declared, and Optuna
+    """Sampler=cmaes was advertised, its package not declared, and Optuna
     failed only when the first trial was sampled."""
     if importlib.util.find_spec("cmaes") is not None:  # the search extra (make test has it)
         sampler = make_sampler("cmaes", 3)
@@ -174,7 +176,7 @@ def test_the_cma_es_sampler_needs_its_package(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_a_search_of_slurm_jobs_keeps_its_study_in_a_journal_file(tmp_path: Path) -> None:
-    """Issue 26, item 11: the default SQLite file would lie on the cluster's NFS/Lustre."""
+    """The default SQLite file would lie on the cluster's NFS/Lustre."""
     from omegaconf import OmegaConf
 
     sweeper = sweeper_of()
@@ -189,8 +191,10 @@ def test_a_search_of_slurm_jobs_keeps_its_study_in_a_journal_file(tmp_path: Path
 def test_a_storage_password_reaches_jobs_only_through_their_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 26, item 10: the storage URL, password included, was written into every job's
-    overrides, .hydra/ files, resolved_config.yaml and the launcher's log."""
+    """The storage URL's password goes to the jobs in their environment (PASSWORD_ENV), never
+    in their overrides, .hydra/ files, resolved_config.yaml or the launcher's log; a password
+    typed into the URL is refused. The pieces in-process; a real search on the local cluster's
+    PostgreSQL below."""
     from omegaconf import OmegaConf
 
     from seqmnist.jobs.search import PASSWORD_ENV, shown, with_password, without_password
@@ -218,8 +222,61 @@ def test_a_storage_password_reaches_jobs_only_through_their_environment(
     assert "s3cret" not in overrides and "optuna_trial.storage='postgresql://me@db" in overrides
 
 
+@pytest.mark.cluster
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_a_storage_password_reaches_the_jobs_of_a_search_and_no_file(
+    synthetic_root: Path,
+    tmp_path: Path,
+    cluster: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A search as a user runs it, its study on the local cluster's PostgreSQL as the role
+    that must give its password (scripts/local_cluster.sh), the password taken from the
+    environment (``${oc.env:...}``), each trial an sbatch job. Every trial has its epochs'
+    reports, which only its job writes: the jobs opened the storage, and the role lets in
+    no connection without the password. Yet no file of the sweep, and nothing it printed,
+    holds the password."""
+    from seqmnist.jobs.search import PASSWORD_ENV
+
+    typed, url, password, name = password_study(cluster)
+    for way in (PASSWORD_ENV, "PGPASSWORD", "PGPASSFILE"):  # none but the sweep's own
+        monkeypatch.delenv(way, raising=False)
+    wrong, none = url.replace(password, "not-" + password), cluster["SEQMNIST_PG_PASSWORD_URL"]
+    for refused in (wrong, none):  # the role lets in only its password
+        with pytest.raises(ConfigError, match="the database cannot be reached"):
+            open_storage(refused)
+    sweep = tmp_path / "sweep"
+    proc = run_module(
+        *search(
+            synthetic_root,
+            sweep,
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.pruner=none",
+            f"hydra.sweeper.storage='{typed}'",
+            f"hydra.sweeper.study_name={name}",
+            *SLURM,
+        ),
+        env={**ONE_THREAD, **cluster},
+        timeout=400,
+    )
+    printed = proc.stdout + proc.stderr
+    assert proc.returncode == 0, printed[-3000:]
+    trials = study_of(sweep, url, name).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, printed[-3000:]
+    assert all(t.intermediate_values for t in trials), [t.intermediate_values for t in trials]
+    assert len(slurm_job_ids(sweep)) == 2  # each trial a job of its own, not the sweep's process
+    files = [f for f in sweep.rglob("*") if f.is_file()]
+    assert any(f.name == "overrides.yaml" for f in files) and len(files) > 10
+    holding = [str(f.relative_to(sweep)) for f in files if password.encode() in f.read_bytes()]
+    assert not holding, f"the password is written in {holding}"
+    said = password in printed  # not in the assertion: pytest would show the password
+    assert not said, "the sweep printed the password"
+
+
 def test_a_batch_of_scattered_trial_numbers_is_launched_together(tmp_path: Path) -> None:
-    """Issue 26, item 7: only consecutive trial numbers went out in one launch, so with
+    """Only consecutive trial numbers went out in one launch, so with
     several sweeps on one study (numbers taken in turn) n_jobs fell to 1. Each job is now
     told its directory, so any numbers launch together. The launcher here records what it
     is asked and writes what a job would; the real launchers run in the e2e tests."""
@@ -265,7 +322,7 @@ def test_a_batch_of_scattered_trial_numbers_is_launched_together(tmp_path: Path)
 
 
 def test_a_grid_samplers_stop_outside_optimize_ends_the_search() -> None:
-    """Issue 26, item 2: BruteForceSampler (and GridSampler) call study.stop() once the grid
+    """BruteForceSampler (and GridSampler) call study.stop() once the grid
     is done, which Optuna allows only inside optimize(): telling the last trial raised."""
     sweeper = sweeper_of(sampler="bruteforce", n_trials=5)
     study = optuna.create_study(sampler=make_sampler("bruteforce", 1), direction="maximize")

@@ -147,7 +147,7 @@ TWO_SETTINGS = [
 def test_a_search_that_has_run_its_whole_space_ends_with_a_message(
     synthetic_root: Path, tmp_path: Path, sampler: str, says: str
 ) -> None:
-    """Issue 26, items 1 and 2: a choice-only space smaller than n_trials crashed on a trial
+    """A choice-only space smaller than n_trials crashed on a trial
     it had already failed (UpdateFinishedTrialError); a grid sampler's study.stop() raised
     outside optimize(). Both now end the search, with their results written."""
     sweep = tmp_path / "sweep"
@@ -165,7 +165,7 @@ def test_a_search_that_has_run_its_whole_space_ends_with_a_message(
 def test_a_search_whose_trials_keep_failing_stops_and_names_the_first_error(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
-    """Issue 26, item 4: failed trials counted nowhere, so a search whose every trial fails
+    """Failed trials counted nowhere, so a search whose every trial fails
     (no data here) asked for trials forever."""
     sweep = tmp_path / "sweep"
     args = ["hydra.sweeper.n_trials=10", "hydra.sweeper.max_failures=2", "data.download=false"]
@@ -251,7 +251,7 @@ def test_pruning_reaches_jobs_run_by_submitit(
 def test_a_freed_slot_starts_the_next_trial_while_a_slow_one_runs(
     synthetic_root: Path, tmp_path: Path, launcher: str
 ) -> None:
-    """Issue 27, item 6: trials were launched n_jobs at a time and a batch waited for its
+    """Trials were launched n_jobs at a time and a batch waited for its
     slowest trial, so trial 2 started only after the slow trial 0 ended. Now each slot is
     filled the moment its trial ends: trials 1, 2 and 3 run while trial 0 is still running.
     Trial 0 is held until trial 3's job has started, for at most 10 steps of 15 s: batched

@@ -190,10 +190,18 @@ def test_an_exported_model_answers_early_as_its_checkpoint(
     export(load_checkpoint(ckpt), fmt, path, IMAGES)
     exported, mine = load_predictor(path), CheckpointPredictor(ckpt)
     conf = mine.answer(IMAGES).step_probabilities.max(-1)
-    threshold = float(np.median(conf))
+    # A threshold half the images reach at the first step: some answer early, some read on.
+    threshold = float(np.median(conf[:, 0]))
     a, b = exported.answer_early(IMAGES, threshold), mine.answer_early(IMAGES, threshold)
-    assert b.steps.min() < 28  # some images did answer early
-    # Float noise may move an image sitting on the threshold by a step; no more than that.
+    assert b.steps.min() < 28 and b.steps.max() > 1, np.bincount(b.steps)
+    # Float noise may move an image sitting on the threshold by a step; no more than that:
+    # an image answers at the same step, or one step apart where its top probability at the
+    # earlier of the two is within the export's tolerance of the threshold.
+    moved = np.flatnonzero(a.steps != b.steps)
+    apart = np.abs(a.steps.astype(np.int64) - b.steps).max()
+    assert apart <= 1, f"images {moved}: steps {a.steps[moved]} exported, {b.steps[moved]}"
+    for i in moved:
+        k = min(a.steps[i], b.steps[i])
+        assert abs(conf[i, k - 1] - threshold) <= TOLERANCE, (i, a.steps[i], b.steps[i])
     same = a.steps == b.steps
-    assert same.mean() >= 0.95
     np.testing.assert_allclose(a.probabilities[same], b.probabilities[same], atol=TOLERANCE)

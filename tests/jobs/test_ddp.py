@@ -142,7 +142,7 @@ def test_nan_on_one_rank_stops_both_with_the_message(synthetic_root: Path, tmp_p
 def test_a_search_storage_error_on_rank_0_stops_both_ranks(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
-    """Issue 26, item 6: rank 0 reads the search's storage before it broadcasts its pruning
+    """Rank 0 reads the search's storage before it broadcasts its pruning
     verdict; its error left rank 1 in the broadcast until the process group timed out (30
     minutes). Now the error is broadcast and both ranks stop with the message."""
     fails_on_both_ranks(

@@ -145,7 +145,7 @@ def _trial_run(trained_run: Path, to: Path, state: str) -> tuple[Path, optuna.St
 def test_a_search_trial_resumes_and_says_whether_it_still_reports(
     trained_run: Path, tmp_path: Path, state: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Issue 26, item 12: resuming a run that was a trial crashed at its first validation
+    """Resuming a run that was a trial crashed at its first validation
     (pruning reported into a finished trial). A closed trial is let go; a running one (a job
     requeued at its time limit) goes on reporting its epochs."""
     run_dir, study, _ = _trial_run(trained_run, tmp_path, state)

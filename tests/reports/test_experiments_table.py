@@ -294,20 +294,69 @@ def test_experiment_name_from_hydra_yaml(tmp_path: Path) -> None:
     assert RunDir(tmp_path).experiment() is None  # no .hydra at all
 
 
+def hand_answers(steps: int, images: list[tuple[int | None, int | None]]):
+    """A test set's per-step answers written down by hand: every image is of class 0; image
+    ``(sure, right)`` has a top probability of 0.55 before row ``sure`` and 0.96 from it on
+    (None: never 0.96), and answers class 1 before row ``right`` and class 0 from it on
+    (None: never right); its final answer is its last step's."""
+    import torch
+
+    from seqmnist.reports.evaluation import StepAnswers
+
+    rows = torch.arange(1, steps + 1)
+    never = steps + 1
+    confidence = torch.stack(
+        [torch.where(rows >= (sure or never), 0.96, 0.55) for sure, _ in images]
+    )
+    predictions = torch.stack(
+        [(rows < (right or never)).long() for _, right in images]
+    )  # class 1 (wrong) before row `right`, class 0 (right) from it on
+    logits = 5.0 * torch.nn.functional.one_hot(predictions[:, -1], 10).float()
+    return StepAnswers(logits, torch.zeros(len(images), dtype=torch.long), confidence, predictions)
+
+
+# Each job's test set, by job dir: (image's first row at 0.96, its first right row). Against
+# evaluate's grid of thresholds (0.1 ... 1): 0.1, 0.3 and 0.5 answer every image at row 1
+# (0.55 reaches them); 0.6 ... 0.95 answer at the row of 0.96 (the end for an image never
+# there); 0.97 ... 1 read every row.
+HAND_SETS = {
+    # lstm, seed 0. Row 1: only the first image is right, 1/4. 0.6 ... 0.95 answer at rows
+    # 4, 8, 28, 12, mean 52/4 = 13 (p90, torch.quantile of 4 8 12 28: 12 + 0.7 * 16 = 23.2),
+    # the last one wrong there (right from row 20 only): 3/4. The rest: 4/4 at 28 rows.
+    # After 7 rows 1/4 right, after 14: 2/4, after 21: 4/4; finally 4/4.
+    "0": (28, [(4, 1), (8, 8), (None, 21), (12, 20)]),
+    # gru, seed 1: the same but the last image is right from row 1. Row 1: 2/4; 0.6 ... 0.95:
+    # 4/4 at a mean of 13 rows (p90 23.2); 28 rows: 4/4. After 7, 14, 21 rows: 2/4, 3/4, 4/4.
+    "1": (28, [(4, 1), (8, 8), (None, 21), (12, 1)]),
+    # fast99 (14 steps of two rows). Step 1: 1/2; 0.6 ... 0.95: steps 1 and 14, mean 7.5
+    # (p90 1 + 0.9 * 13 = 12.7), 2/2; 14 steps: 2/2. After round(14/4) = 4, 7 and
+    # round(10.5) = 10 steps: 1/2 each; finally 2/2.
+    "3": (14, [(1, 1), (None, 14)]),
+    # best_row, bidirectional: evaluated, but it has no early answer and no row.
+    "4": (28, [(None, 1)]),
+}
+
+
 def test_the_answering_early_table_reads_each_runs_checkpoint(
     synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    from seqmnist.inference.checkpoints import load_checkpoint
-    from seqmnist.reports.evaluation import compute
+    """Each run's checkpoint is loaded and evaluated as `evaluate` does; only its pass over
+    the test set gives answers written down by hand (HAND_SETS), so that every cell of the
+    table can be worked out by hand."""
+    from seqmnist.reports import evaluation
     from tests.helpers import make_checkpoint
 
+    def hand_pass(loaded, loader, device):
+        steps, images = HAND_SETS[loaded.path.parents[1].name]
+        assert loaded.data.seq_len == steps  # the checkpoint of that job was read
+        return hand_answers(steps, images)
+
+    monkeypatch.setattr(evaluation, "predict_test_set", hand_pass)
     monkeypatch.setenv("SEQMNIST_DATA_ROOT", str(synthetic_root))
     sweep = tmp_path / "sweep"
-    accs = []
-    for seed, cell in ((0, "lstm"), (1, "gru")):
+    for seed, net in ((0, "lstm"), (1, "gru")):
         job = make_job(sweep, str(seed), "anytime_row", done(0.5), seed=seed)
-        ckpt = make_checkpoint(job / "checkpoints" / "m.ckpt", synthetic_root, cell=cell)
-        accs.append(compute(load_checkpoint(ckpt), synthetic_root)["metrics"]["accuracy"])
+        make_checkpoint(job / "checkpoints" / "m.ckpt", synthetic_root, cell=net)
     # Another experiment in the sweep reads 14 steps of two rows: its own row, same columns.
     job = make_job(sweep, "3", "fast99", done(0.5), seed=0)
     make_checkpoint(
@@ -323,18 +372,61 @@ def test_the_answering_early_table_reads_each_runs_checkpoint(
     assert "bidirectional, no early answer" in capsys.readouterr().err
     text = readme.read_text()
     assert "\nold\n" not in text and text.startswith("intro\n") and text.endswith("rest\n")
-    header = next(ln for ln in text.splitlines() if ln.startswith("| experiment"))
-    for column in ("| steps |", "all steps %", "after 1/2 %", "early exit %", "frontier area"):
-        assert column in header
-    row = next(ln for ln in text.splitlines() if ln.startswith("| `anytime_row`"))
-    assert f"| {100 * sum(accs) / 2:.2f} +- " in row and "| 0, 1 | 28 |" in row
-    assert next(ln for ln in text.splitlines() if ln.startswith("| `fast99`")).count("| 14 |")
-    assert not any(ln.startswith("| `best_row`") for ln in text.splitlines())
+    lines = text.splitlines()
+    head = next(ln for ln in lines if ln.startswith("| experiment"))
+    header = [c.strip() for c in head.strip("|").split("|")]
+
+    def row(experiment: str) -> dict[str, str]:
+        (line,) = [ln for ln in lines if ln.startswith(f"| `{experiment}` |")]
+        return dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True))
+
+    # Mean +- sample std of two runs a, b: std = |a - b| / sqrt(2); 0.25 / sqrt(2) = 0.1768.
+    # Frontier area: the upper hull of (0, 1/10 chance) and each point's (mean rows / 28,
+    # accuracy), flat to 1 after its last point (trapezoids, in 56ths):
+    #   seed 0: (1/28, .25) (13/28, .75) (1, 1):
+    #           (.1 + .25) + 12 * (.25 + .75) + 15 * (.75 + 1) = 38.6 -> 38.6 / 56 = 0.6893
+    #   seed 1: (1/28, .5) (13/28, 1), then flat at 1:
+    #           (.1 + .5) + 12 * (.5 + 1) + 15 * 2 = 48.6 -> 48.6 / 56 = 0.8679
+    #   mean 87.2 / 112 = 0.7786, std (10 / 56) / sqrt(2) = 0.1263.
+    # Early exit within 20 of 28 rows: the most accurate point at a mean of 13 rows, whose
+    # first threshold is 0.6 (3/4 and 4/4: 87.50 +- 17.68).
+    assert row("anytime_row") == {
+        "experiment": "`anytime_row`",
+        "seeds": "0, 1",
+        "steps": "28",
+        "all steps %": "100.00 +- 0.00",
+        "after 1/4 %": "37.50 +- 17.68",  # 1/4 and 2/4 right after 7 rows
+        "after 1/2 %": "62.50 +- 17.68",  # 2/4 and 3/4 after 14
+        "after 3/4 %": "100.00 +- 0.00",  # 4/4 and 4/4 after 21
+        "early exit %": "87.50 +- 17.68",
+        "mean (p90) steps read": "13.0 (23.2)",
+        "threshold": "0.6",
+        "frontier area": "0.7786 +- 0.1263",
+    }
+    # One run: no std. Within 14 * 5/7 = 10 steps: 2/2 at a mean of 7.5 (threshold 0.6).
+    # Area, in 28ths: hull (1/14, .5) (7.5/14, 1), then flat at 1:
+    #   (.1 + .5) + 6.5 * (.5 + 1) + 6.5 * 2 = 23.35 -> 23.35 / 28 = 0.8339.
+    assert row("fast99") == {
+        "experiment": "`fast99`",
+        "seeds": "0",
+        "steps": "14",
+        "all steps %": "100.00",
+        "after 1/4 %": "50.00",
+        "after 1/2 %": "50.00",
+        "after 3/4 %": "50.00",
+        "early exit %": "100.00",
+        "mean (p90) steps read": "7.5 (12.7)",
+        "threshold": "0.6",
+        "frontier area": "0.8339",
+    }
+    assert not any(ln.startswith("| `best_row`") for ln in lines)
     assert "Skipped 1 runs" in text
     with (sweep / "results_anytime.csv").open() as f:
-        runs = list(csv.DictReader(f))
-    mine = [r for r in runs if r["experiment"] == "anytime_row"]
-    assert [float(r["accuracy"]) for r in mine] == pytest.approx(accs)
-    # The early-exit point stays within 5/7 of the steps (20 of 28 rows).
-    for r in runs:
-        assert float(r["exit_mean_steps"]) <= int(r["steps"]) * 5 / 7 + 1e-9
+        runs = {(r["experiment"], r["seed"]): r for r in csv.DictReader(f)}
+    assert sorted(runs) == [("anytime_row", "0"), ("anytime_row", "1"), ("fast99", "0")]
+    seed0 = runs["anytime_row", "0"]
+    assert float(seed0["accuracy"]) == 1.0 and float(seed0["exit_accuracy"]) == 0.75
+    assert float(seed0["exit_mean_steps"]) == 13.0 and float(seed0["exit_threshold"]) == 0.6
+    assert float(seed0["area"]) == pytest.approx(38.6 / 56)
+    assert float(seed0["budget"]) == pytest.approx(20.0)
+    assert float(runs["fast99", "0"]["budget"]) == pytest.approx(10.0)

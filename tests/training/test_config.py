@@ -206,7 +206,7 @@ def test_the_progress_bar_shows_no_logger_version(synthetic_root, tmp_path) -> N
 
     (bar,) = [c for c in build_group(make_cfg().callbacks) if isinstance(c, ProgressBar)]
     assert type(bar) is ProgressBar
-    # One redraw a second: Lightning's 100 a second cost a terminal run ~12% (issue 15).
+    # One redraw a second: Lightning's 100 a second cost a terminal run ~12%.
     assert bar.refresh_rate == 1 and bar.is_enabled
     import seqmnist.training.progress as progress
 

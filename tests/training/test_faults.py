@@ -216,9 +216,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch
 def test_a_stop_mid_epoch_resumes_to_the_uninterrupted_run(
     synthetic_root: Path, tmp_path: Path, extra: list[str]
 ) -> None:
-    """Issue 26, items 14 and 15: with training-batch augmentation (drawn before a batch
-    starts) and with an EMA of the weights (updated at a batch's end), a run stopped by a
-    signal mid-epoch and resumed ends as the uninterrupted run does."""
+    """With training-batch augmentation (drawn before a batch starts) and with an EMA of the
+    weights (updated at a batch's end), a run stopped by a signal mid-epoch and resumed ends
+    as the uninterrupted run does."""
     args = [f"data.root={synthetic_root}", *RUN, *extra]
     full = tmp_path / "full"
     assert run(compose_config(*args, run_dir=full), args, multirun=False)[0] == 0
@@ -234,10 +234,28 @@ def test_a_stop_mid_epoch_resumes_to_the_uninterrupted_run(
     resumed, uninterrupted = metrics_of(stopped), metrics_of(full)
     assert {k: resumed[k] for k in SAME} == {k: uninterrupted[k] for k in SAME}
     ends = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (stopped, full)]
-    for key in ("state_dict", "current_model_state"):
-        for name, value in (ends[1].get(key) or {}).items():
-            if name.startswith("net."):
-                assert torch.equal(ends[0][key][name], value), (key, name)
+    # With the EMA, state_dict holds the averaged weights and current_model_state the trained
+    # ones (for resume=), averaging_state the average's count of updates; without it, neither.
+    ema = "callbacks=ema" in extra
+    for end in ends:
+        assert ("current_model_state" in end, "averaging_state" in end) == (ema, ema)
+    for key in ("state_dict", "current_model_state") if ema else ("state_dict",):
+        names = sorted(n for n in ends[1][key] if n.startswith("net."))
+        assert names and names == sorted(n for n in ends[0][key] if n.startswith("net."))
+        for name in names:
+            assert torch.equal(ends[0][key][name], ends[1][key][name]), (key, name)
+    if ema:
+        averaged, trained = ends[1]["state_dict"], ends[1]["current_model_state"]
+        assert any(not torch.equal(averaged[n], trained[n]) for n in names)  # an average
+        counts = [end["averaging_state"] for end in ends]
+        assert counts[0].keys() == counts[1].keys() and counts[1]
+        for name, count in counts[1].items():
+            assert torch.equal(counts[0][name], count), name
+        steps = [
+            {k: v for k, v in end["callbacks"].items() if k.startswith("EMAWeights")}
+            for end in ends
+        ]
+        assert steps[0] == steps[1] and steps[1], steps
 
 
 # -- real processes: a kill, a signal ----------------------------------------------------

@@ -32,7 +32,7 @@ DEFAULT_THRESHOLDS = (
 )  # fmt: skip
 
 # The headline point of a frontier: the most accurate threshold reading at most this share of
-# the steps on average (20 of 28 rows; issue 29's budget).
+# the steps on average (20 of 28 rows).
 BUDGET_SHARE = 5 / 7
 
 
