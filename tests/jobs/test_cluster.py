@@ -289,3 +289,41 @@ def test_a_slurm_cluster_that_does_not_answer_is_one_message_with_the_fix(
     monkeypatch.setenv("SLURM_CONF", str(down_slurm_conf(tmp_path)))
     with pytest.raises(ConfigError, match=r"(does not answer|is not installed).*make cluster-up"):
         check_slurm(launcher("hydra/launcher=slurm", "trainer.accelerator=cpu"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "ranks"),
+    [
+        (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], {}, 2),
+        (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=4"], {}, 4),
+        (["trainer=ddp", "trainer.accelerator=cpu", "trainer.num_nodes=2"], {}, 1),
+        (["trainer=cpu"], {}, 1),
+        (["trainer=cpu"], {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2"}, 2),
+        (["trainer=ddp", "trainer.accelerator=cpu"], {"SLURM_CPUS_PER_TASK": "4"}, 1),
+    ],
+)
+def test_local_cpu_ranks_split_the_cores_between_them(
+    monkeypatch, caplog, overrides: list[str], env: dict, ranks: int
+) -> None:
+    for key in ("SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_NTASKS", "SLURM_CPUS_PER_TASK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(cluster, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (1, 0))
+    cfg = compose_config(*overrides)
+    assert cluster.cpu_ranks_here(cfg) == ranks
+    with caplog.at_level("INFO", logger="seqmnist.cluster"):
+        threads = cluster.cpu_threads(cfg)
+    if "SLURM_CPUS_PER_TASK" in env:
+        assert threads == 8 and os.environ.pop("OMP_NUM_THREADS") == "8"
+    elif ranks == 1:
+        assert threads is None  # torch's own default: all of the process's cores
+    else:
+        assert threads == 8 // ranks
+        said = f"{ranks} CPU ranks share this machine's 8 cores: {threads} torch threads each"
+        assert said in caplog.text
+    # With two parallel jobs of a sweep as well, each rank gets its share of its job's share.
+    monkeypatch.setattr(cluster, "parallel_jobs", lambda: (2, 0))
+    if "SLURM_CPUS_PER_TASK" not in env:
+        assert cluster.cpu_threads(cfg) == 8 // (2 * ranks)

@@ -98,6 +98,9 @@ def one_job(resolved_config: Path, trainer: L.Trainer) -> Iterator[None]:
     threads = torch.get_num_threads()
     if launching:
         os.environ[RANK_CONFIG_ENV] = str(resolved_config)
+        # The ranks Lightning starts inherit this process's share of the cores (cpu_threads);
+        # with OMP_NUM_THREADS set, Lightning's launcher leaves the count alone.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
         yield
     finally:
@@ -201,21 +204,54 @@ def parallel_jobs() -> tuple[int, int]:
     return int(n_jobs), int(num)
 
 
+def cpu_ranks_here(cfg: DictConfig) -> int:
+    """Processes of this job that share this machine's CPUs: the tasks submitit's local
+    executor started (``hydra/launcher=local_ranks``), or the CPU DDP ranks Lightning will
+    start (``trainer=ddp trainer.accelerator=cpu trainer.devices=N`` on one node). SLURM's
+    tasks each get CPUs of their own (``SLURM_CPUS_PER_TASK``): 1 there."""
+    if os.environ.get("SUBMITIT_EXECUTOR") == "local":
+        return max(1, int(os.environ.get("SUBMITIT_LOCAL_NTASKS", "1")))
+    if os.environ.get("SLURM_CPUS_PER_TASK") or "TORCHELASTIC_RUN_ID" in os.environ:
+        return 1
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if "ddp" not in str(trainer.get("strategy", "auto")) or not on_cpu:
+        return 1
+    if int(trainer.get("num_nodes", 1) or 1) != 1:
+        return 1
+    devices = trainer.get("devices", 1)
+    return int(devices) if str(devices).isdigit() else 1
+
+
 def cpu_threads(cfg: DictConfig) -> int | None:
     """Threads for this run: ``threads`` if set, else the CPUs this process may use (SLURM's
-    allocation, the affinity mask) divided by the launcher's parallel jobs. A SLURM task
-    gets its own ``cpus_per_task`` CPUs, which Lightning's DDP would divide by the devices
-    again: there ``OMP_NUM_THREADS`` is set, which Lightning leaves alone."""
+    allocation, the affinity mask) divided by the launcher's parallel jobs and by the job's
+    CPU ranks on this machine (:func:`cpu_ranks_here`), so that they never oversubscribe
+    the cores. A SLURM task gets its own ``cpus_per_task`` CPUs, which Lightning's DDP
+    would divide by the devices again: there ``OMP_NUM_THREADS`` is set, which Lightning
+    leaves alone."""
     if cfg.get("threads"):
         return int(cfg.threads)
     n_jobs, _ = parallel_jobs()
-    if n_jobs == 1:
+    ranks = cpu_ranks_here(cfg)
+    if n_jobs == 1 and ranks == 1:
         if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
             os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus()))
             return usable_cpus()
         return None
     cores = usable_cpus()
-    return max(1, cores // (cores if n_jobs < 0 else min(n_jobs, cores)))
+    jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    threads = max(1, cores // (jobs * ranks))
+    if ranks > 1:
+        log.info(
+            "%d CPU ranks share this machine's %d cores: %d torch thread%s each",
+            ranks,
+            cores,
+            threads,
+            "" if threads == 1 else "s",
+        )
+    return threads
 
 
 class GpuClaim(contextlib.AbstractContextManager["GpuClaim"]):
