@@ -69,7 +69,9 @@ def test_bench_writes_json_table_and_ratio_line(
     assert abs(row["ratio"] - light / plain) < 2e-3
     assert row["efficiency_vs_matmul"] > 0
     assert any(ln.startswith("| lstm128-bs128") for ln in lines)
-    assert lines[-1] == f"bench: lightning/plain = {row['ratio']:.3f}"
+    assert lines[-1] == f"bench: step/plain = {row['ratio']:.3f}"
+    # The default row: the path as chosen here against plain float32 nn.LSTM.
+    assert row["precision"] == "auto" and row["plain_precision"] == "32-true"
 
 
 def test_switch_rows_run_both_paths_with_the_switch_on(
@@ -107,7 +109,7 @@ def test_whole_run_row_times_the_entry_point_against_the_plain_script(
     step_ratio = json.loads(out.read_text())["results"][0]["ratio"]
     # The step ratio's line stays, and the whole-run ratio's line follows it.
     assert lines[-2:] == [
-        f"bench: lightning/plain = {step_ratio:.3f}",
+        f"bench: step/plain = {step_ratio:.3f}",
         f"bench: run/plain = {whole['ratio']:.3f}",
     ]
 

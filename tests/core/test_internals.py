@@ -282,3 +282,17 @@ def test_joblibs_worker_thread_limits_divide_the_cpus() -> None:
     env = joblib_worker_env(2)
     cpus = os.cpu_count() or 1
     assert env["OMP_NUM_THREADS"] == str(max(cpus // 2, 1))
+
+
+def test_the_cpu_bf16_capabilities_are_torchs_own_checks() -> None:
+    from seqmnist.core.internals import cpu_bf16_capabilities
+
+    amx, avx512_bf16 = cpu_bf16_capabilities()
+    assert (amx, avx512_bf16) == (
+        torch.cpu._is_amx_tile_supported(),
+        torch.cpu._is_avx512_bf16_supported(),
+    )
+    # What /proc/cpuinfo says of this CPU agrees (Linux): the flags oneDNN reads.
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert avx512_bf16 == ("avx512_bf16" in flags)
+    assert amx == ("amx_tile" in flags)

@@ -63,9 +63,9 @@ def test_classifier_with_fused_kernel_trains_like_native() -> None:
     assert torch.allclose(losses[0][1], losses[1][1], atol=1e-5)
 
 
-def test_fused_kernel_is_for_gru_only() -> None:
-    with pytest.raises(ConfigError, match="cell=gru only"):
-        RecurrentClassifier(28, 10, cell="lstm", cpu_kernel="fused")
+def test_fused_kernel_is_for_gru_and_lstm_only() -> None:
+    with pytest.raises(ConfigError, match="cell=gru or cell=lstm only"):
+        RecurrentClassifier(28, 10, cell="rnn", cpu_kernel="fused")
 
 
 def test_dropout_between_layers_matches_two_single_layer_grus_with_the_same_mask() -> None:

@@ -98,23 +98,45 @@ def test_compiled_net_matches_eager_and_keeps_its_state_dict_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    ("device", "dtype", "float32"),
+    ("device", "dtype", "cell", "units", "float32"),
     [
-        ("cuda", torch.bfloat16, True),  # cuDNN would run it in fp16 with no GradScaler
-        ("cuda", torch.float16, False),  # 16-mixed: cuDNN's fp16 kernels, with its GradScaler
-        ("cpu", torch.bfloat16, True),
-    ],  # oneDNN has no reduced-precision LSTM kernel
+        ("cuda", torch.bfloat16, "lstm", None, True),  # cuDNN would run fp16, no GradScaler
+        ("cuda", torch.float16, "lstm", None, False),  # 16-mixed: cuDNN's fp16, its GradScaler
+        ("cpu", torch.bfloat16, "lstm", "AVX512-BF16", False),  # oneDNN's bf16 LSTM
+        ("cpu", torch.bfloat16, "lstm", "AMX", False),
+        ("cpu", torch.bfloat16, "lstm", None, True),  # no bf16 units: oneDNN has no kernel
+        ("cpu", torch.bfloat16, "gru", "AVX512-BF16", True),  # no bf16 GRU/RNN kernel
+        ("cpu", torch.bfloat16, "rnn", "AMX", True),
+        ("cpu", torch.float16, "lstm", "AMX", True),
+    ],
 )
 def test_which_autocast_keeps_the_recurrence_in_float32(
-    monkeypatch, device: str, dtype: torch.dtype, float32: bool
+    monkeypatch, device: str, dtype: torch.dtype, cell: str, units, float32: bool
 ) -> None:
-    from seqmnist.models.nets import recurrence_in_float32
+    from seqmnist.models import nets
 
-    assert recurrence_in_float32(device) is False  # no autocast at all
+    monkeypatch.setattr(nets, "cpu_bf16_units", lambda: units)
+    assert nets.recurrence_in_float32(device, cell) is False  # no autocast at all
     # The CUDA rule is checked on CPU machines too: autocast's state is what it reads.
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda d: d == device)
     monkeypatch.setattr(torch, "get_autocast_dtype", lambda d: dtype)
-    assert recurrence_in_float32(device) is float32
+    assert nets.recurrence_in_float32(device, cell) is float32
+
+
+def test_the_fused_gru_trains_in_float32_under_cpu_bf16_autocast() -> None:
+    """bf16-mixed (trainer.precision=auto on a CPU with bf16 units) keeps cell=gru's fused
+    float32 pass: the same features as without autocast, from the fused pass."""
+    torch.manual_seed(0)
+    net = RecurrentClassifier(28, 10, cell="gru", hidden_size=16, cpu_kernel="fused").train()
+    x = torch.randn(4, 28, 28)
+    plain = net.sequence_features(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = net.sequence_features(x)
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, plain)
+    native = RecurrentClassifier(28, 10, cell="gru", hidden_size=16).train()
+    native.load_state_dict(net.state_dict())
+    assert torch.allclose(native.sequence_features(x), plain, atol=1e-5)
 
 
 @pytest.mark.parametrize(

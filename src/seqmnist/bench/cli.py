@@ -14,11 +14,14 @@ Lightning/plain ratio: the two runs of a round are back to back, so a machine wh
 drifts from minute to minute still compares like with like), and the efficiency against a FLOP
 floor: the model's training FLOPs per sample (3x the forward multiply-adds, x2 FLOPs each)
 divided by the machine's measured matmul throughput at the cell's GEMM shapes. It writes
-``outputs/bench/bench.json``, prints a Markdown table, and ends with the line
-``bench: lightning/plain = R`` for the default config.
+``outputs/bench/bench.json``, prints a Markdown table, and ends with the lines
+``bench: step/plain = F`` (the first row: the default path as chosen on this machine,
+``trainer.precision=auto``, against the plain loop in float32) and ``bench: run/plain = E``
+(whole runs, below).
 
 ``--switches`` adds rows for the speed switches of the default config (``compile=true``,
-``trainer.precision=bf16-mixed``) so each can be measured before it is turned on;
+``trainer.precision=bf16-mixed``, ``32-true``, ``model.net.cpu_kernel=fused``), each against
+a plain loop with the same setting;
 ``--augment PRESET`` (default ``affine_elastic``) times the default config's Lightning path
 without and with that training-batch augmentation, alternated, and reports what it adds to
 an epoch; ``--augment none`` skips it. ``--accelerator gpu`` runs everything on CUDA with
@@ -42,8 +45,9 @@ from seqmnist.bench.throughput import (
     time_whole_runs,
 )
 from seqmnist.core.internals import quiet_console
-from seqmnist.core.machine import skip_nvml_probe_without_nvml, usable_cpus
+from seqmnist.core.machine import cpu_bf16_units, skip_nvml_probe_without_nvml, usable_cpus
 from seqmnist.data import default_data_root
+from seqmnist.training import precision
 
 
 def table(rows: list[dict]) -> str:
@@ -118,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "machine": {
             "cpu_threads": torch.get_num_threads(),
+            "cpu_bf16_units": cpu_bf16_units(),
+            "precision": precision.choose("auto", args.accelerator),
             "cpus": usable_cpus(),
             "processor": platform.processor() or platform.machine(),
             "accelerator": args.accelerator,
@@ -132,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"CPU bf16 units: {cpu_bf16_units() or 'none'}; the default path trains in "
+        f"{precision.choose('auto', args.accelerator)} here\n"
+    )
     print(table(rows))
     if augment is not None:
         print(
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{whole['run_samples_per_s']:,.0f} samples/s"
         )
     print(f"\nwrote {out}")
-    print(f"bench: lightning/plain = {rows[0]['ratio']:.3f}")
+    print(f"bench: step/plain = {rows[0]['ratio']:.3f}")
     if whole is not None:
         print(f"bench: run/plain = {whole['ratio']:.3f}")
 

@@ -25,6 +25,7 @@ from seqmnist.core.rundir import RunDir
 from seqmnist.data import SeqMNISTDataModule, SequenceDataset
 from seqmnist.data.augment import BatchAugment
 from seqmnist.models import RecurrentClassifier, SeqClassifier
+from seqmnist.training import precision
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -38,12 +39,18 @@ class BenchConfig:
     batch_size: int
     dropout: float = 0.0
     cpu_kernel: str = "native"
-    precision: str = "32-true"  # as trainer.precision
+    precision: str = "32-true"  # as trainer.precision (auto: as chosen on this machine)
     compile: bool = False  # as compile=true
+    # The plain loop's precision when it differs from the Lightning path's (None: the same).
+    plain_precision: str | None = None
 
 
+# The first row is the project's default path as it runs on this machine (trainer.precision=
+# auto: bf16 where the CPU has the units) against what a user would write: nn.LSTM in float32.
 CONFIGS = [
-    BenchConfig("lstm128-bs128 (default)", "lstm", 1, 128, 128),
+    BenchConfig(
+        "lstm128-bs128 (default)", "lstm", 1, 128, 128, precision="auto", plain_precision="32-true"
+    ),
     BenchConfig("gru3x200-bs64 nn.GRU", "gru", 3, 200, 64),
     BenchConfig("gru3x200-bs64 fused", "gru", 3, 200, 64, cpu_kernel="fused"),
     BenchConfig("lstm128-bs1024", "lstm", 1, 128, 1024),
@@ -52,6 +59,8 @@ CONFIGS = [
 SWITCHES = [
     BenchConfig("lstm128-bs128 compile", "lstm", 1, 128, 128, compile=True),
     BenchConfig("lstm128-bs128 bf16-mixed", "lstm", 1, 128, 128, precision="bf16-mixed"),
+    BenchConfig("lstm128-bs128 float32", "lstm", 1, 128, 128),
+    BenchConfig("lstm128-bs128 fused", "lstm", 1, 128, 128, cpu_kernel="fused"),
 ]
 AUTOCAST = {"bf16-mixed": torch.bfloat16}  # the plain loop's counterpart of trainer.precision
 
@@ -113,7 +122,7 @@ def time_plain(c: BenchConfig, dm: SeqMNISTDataModule, steps: int) -> float:
     if c.compile:
         net.compile()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as conf/optimizer/adam.yaml
-    dtype = AUTOCAST.get(c.precision)
+    dtype = AUTOCAST.get(c.plain_precision or c.precision)
     order = torch.randperm(len(y), device=x.device)
     start = 0.0
     for step in range(steps + 5):
@@ -172,7 +181,7 @@ def time_lightning(
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
-        precision=c.precision,
+        precision=precision.choose(c.precision, accelerator),
         max_epochs=-1,
         max_steps=steps + 5,
         limit_val_batches=0,

@@ -134,3 +134,11 @@ def joblib_worker_env(n_jobs: int) -> dict[str, str]:
     from joblib._parallel_backends import LokyBackend
 
     return dict(LokyBackend()._prepare_worker_env(n_jobs=n_jobs))
+
+
+def cpu_bf16_capabilities() -> tuple[bool, bool]:
+    """(AMX tiles, AVX512-BF16) as torch's CPU capability checks see this CPU (private in
+    ``torch.cpu``; the ones oneDNN itself goes by)."""
+    import torch
+
+    return bool(torch.cpu._is_amx_tile_supported()), bool(torch.cpu._is_avx512_bf16_supported())

@@ -22,6 +22,19 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_bf16_units() -> str | None:
+    """The CPU's bf16 units by name (``AMX`` or ``AVX512-BF16``), or None (AVX2 and older:
+    bf16 there is emulated, slower than float32)."""
+    from seqmnist.core.internals import cpu_bf16_capabilities
+
+    amx, avx512_bf16 = cpu_bf16_capabilities()
+    if amx:
+        return "AMX"
+    if avx512_bf16:
+        return "AVX512-BF16"
+    return None
+
+
 def describe() -> str:
     """e.g. ``Linux x86_64, 2 CPUs, 2 torch threads, no GPU, torch 2.14.1``."""
     import torch  # here, so the results table can be built without importing torch up front

@@ -132,7 +132,8 @@ def gru_train_forward(gru: nn.GRU, x: Tensor) -> Tensor:
 
 
 def usable(gru: nn.Module, x: Tensor) -> bool:
-    """Whether :func:`gru_train_forward` applies: training a CPU float32 GRU."""
+    """Whether :func:`gru_train_forward` applies: training a CPU float32 GRU (under CPU
+    autocast too: the caller runs it in float32 with autocast off)."""
     return (
         isinstance(gru, nn.GRU)
         and x.device.type == "cpu"
@@ -140,5 +141,4 @@ def usable(gru: nn.Module, x: Tensor) -> bool:
         and torch.is_grad_enabled()
         and gru.batch_first
         and gru.bias
-        and not torch.is_autocast_enabled("cpu")
     )

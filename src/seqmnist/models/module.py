@@ -136,7 +136,12 @@ class SeqClassifier(L.LightningModule):
 
     def _evaluation_step(self, batch, stage: str):
         """Last-step loss and logits, and the accuracy after each report step logged as
-        ``{stage}/acc_step{k}``."""
+        ``{stage}/acc_step{k}``. In float32 whatever the training precision (autocast off):
+        a run's val/test figures are those ``evaluate``, ``predict`` and an export give."""
+        with torch.autocast(self.device.type, enabled=False):
+            return self._evaluation_step_float32(batch, stage)
+
+    def _evaluation_step_float32(self, batch, stage: str):
         x, y = batch
         if self.net.bidirectional:  # its step answers have read everything: none reported
             logits = self.net(x)
@@ -271,7 +276,8 @@ class SeqClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.net(x).softmax(dim=-1)
+        with torch.autocast(self.device.type, enabled=False):  # as evaluation: float32
+            return self.net(x).softmax(dim=-1)
 
     # -- optimisation ------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -10,10 +10,13 @@ from torch import nn
 
 from seqmnist.core.checks import BOOLEAN, Rule, check_all, int_at_least, number, one_of
 from seqmnist.core.errors import ConfigError
-from seqmnist.models import cpu_gru
+from seqmnist.core.machine import cpu_bf16_units
+from seqmnist.models import cpu_gru, cpu_lstm
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 CPU_KERNELS = ("native", "fused")
+# The cells that have a hand-written CPU training pass (cpu_kernel=fused).
+FUSED_CELLS = ("gru", "lstm")
 # How weights start: PyTorch's defaults, or TensorFlow 1's cells (see init_tf1).
 INITS = ("torch", "tf1")
 
@@ -30,11 +33,12 @@ RULES: dict[str, Rule] = {
 
 
 def check_cpu_kernel(cell: str, cpu_kernel: str) -> None:
-    """``fused`` exists for the GRU only."""
-    if cpu_kernel not in CPU_KERNELS or (cpu_kernel == "fused" and cell != "gru"):
+    """``fused`` exists for the GRU and the LSTM."""
+    if cpu_kernel not in CPU_KERNELS or (cpu_kernel == "fused" and cell not in FUSED_CELLS):
         raise ConfigError(
             f"model.net.cpu_kernel={cpu_kernel!r} is not allowed with cell={cell}; it must be "
-            "'native', or 'fused' (cell=gru only: seqmnist.models.cpu_gru's CPU training pass)"
+            "'native', or 'fused' (cell=gru or cell=lstm only: the CPU training passes of "
+            "seqmnist.models.cpu_gru and cpu_lstm)"
         )
 
 
@@ -116,12 +120,18 @@ class RecurrentClassifier(nn.Module):
     def sequence_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last layer's output at every step, ``(B, T, H * directions)``."""
         device = x.device.type
-        if recurrence_in_float32(device):
+        # The fused CPU training passes first. Under CPU bf16 autocast the LSTM's runs its
+        # matrix products in bf16 with a float32 cell state; the GRU's stays in float32.
+        # Evaluation (no grad), CUDA and other autocast dtypes are not usable: nn.LSTM/GRU.
+        if self.cpu_kernel == "fused" and cpu_lstm.usable(self.rnn, x):
+            return cpu_lstm.lstm_train_forward(self.rnn, x)
+        if self.cpu_kernel == "fused" and cpu_gru.usable(self.rnn, x):
+            with torch.autocast(device, enabled=False):
+                return cpu_gru.gru_train_forward(self.rnn, x.float())
+        if recurrence_in_float32(device, self.cell):
             with torch.autocast(device, enabled=False):
                 out, _ = self.rnn(x.float())
             return out
-        if self.cpu_kernel == "fused" and cpu_gru.usable(self.rnn, x):
-            return cpu_gru.gru_train_forward(self.rnn, x)
         out, _ = self.rnn(x)
         return out
 
@@ -199,23 +209,28 @@ def init_tf1(rnn: nn.RNNBase, head: nn.Linear) -> None:
     nn.init.zeros_(head.bias)
 
 
-def recurrence_in_float32(device: str) -> bool:
+def recurrence_in_float32(device: str, cell: str = "lstm") -> bool:
     """Whether autocast on ``device`` must be switched off around the recurrent layers.
 
-    - CPU, any autocast: oneDNN has no reduced-precision LSTM kernel on most CPUs ("could
-      not create a primitive descriptor").
+    - CPU: only the LSTM under bf16 autocast on a CPU with bf16 units (AVX512-BF16, AMX)
+      runs in bf16 (oneDNN's kernel; ``trainer.precision=auto`` picks it there). oneDNN has
+      no reduced-precision LSTM kernel on other CPUs ("could not create a primitive
+      descriptor"), and the GRU and tanh RNN have none at all.
     - CUDA, bf16 autocast: PyTorch runs the cuDNN RNN in float16 whatever autocast's dtype,
       so ``precision=bf16-mixed`` would train the recurrence in fp16 with no GradScaler
       (bf16 runs have none). fp16 autocast (``16-mixed``) keeps cuDNN's fp16 kernels: its
       GradScaler is there.
 
-    The head still runs in low precision.
+    The head still runs in low precision. (``cpu_kernel=fused`` is checked before this
+    rule: :mod:`seqmnist.models.cpu_lstm` under CPU bf16 autocast trains with bf16 matrix
+    products and a float32 cell state.)
     """
     if not torch.is_autocast_enabled(device):
         return False
-    return device == "cpu" or (
-        device == "cuda" and torch.get_autocast_dtype("cuda") == torch.bfloat16
-    )
+    bf16 = torch.get_autocast_dtype(device) == torch.bfloat16
+    if device == "cpu":
+        return not (cell == "lstm" and bf16 and cpu_bf16_units() is not None)
+    return device == "cuda" and bf16
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from seqmnist.core.errors import ConfigError, SeqMNISTError
 from seqmnist.core.internals import quiet_console
+from seqmnist.training import precision
 from seqmnist.training.faults import FaultTolerance
 
 
@@ -52,9 +53,12 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     """The Trainer of ``cfg.trainer``; a value Lightning refuses is a :class:`ConfigError`.
 
     Lightning checks its arguments itself (``precision``, ``strategy``, ``devices``, ...) and
-    its message names the value and what it allows; it is passed on with the fix.
+    its message names the value and what it allows; it is passed on with the fix. The
+    precision is chosen for this machine first (``auto``: :mod:`seqmnist.training.precision`)
+    and written into ``cfg``, so the run's saved config holds it.
     """
     quiet_console()
+    precision.resolve(cfg)
     try:
         return build(cfg.trainer, **kwargs)
     except InstantiationException as e:
