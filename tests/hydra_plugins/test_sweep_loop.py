@@ -288,6 +288,10 @@ def test_a_space_exhausted_while_trials_run_waits_for_them(tmp_path: Path) -> No
     assert sorted(setting[n] for n in jobs.launched) == [1, 2, 3]
     assert sweeper.ended is not None
     assert sweeper.ended.startswith("the search space holds 3 settings and all have run")
+    # Said while the second trial still ran: the count says so rather than undercounting.
+    assert "(2 finished trials and 1 still running of hydra.sweeper.n_trials=10)" in (
+        sweeper.ended
+    ), sweeper.ended
     assert all(states(study)[n] == TrialState.COMPLETE for n in jobs.launched)
     assert returned >= max(jobs.ended.values())  # it waited for the longest job
     assert not sweeper.failures

@@ -764,8 +764,11 @@ class OptunaSweeperImpl(Sweeper):
             return state
 
     def _exhausted_message(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> str:
-        finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-        of = f"{finished} finished trials of hydra.sweeper.n_trials={self.n_trials}"
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        still = f" and {running} still running" if running else ""
+        of = f"{finished} finished trials{still} of hydra.sweeper.n_trials={self.n_trials}"
         if self.only_repeats:
             what = "the sampler proposed only settings that have run, 20 times in a row"
         else:
@@ -778,12 +781,16 @@ class OptunaSweeperImpl(Sweeper):
         say failed there too, so the report agrees with the study."""
         for t in trials:
             job = RunDir(self.sweep_dir / str(t.number))
-            if t.number in self.lost and self.failed_out() and job.path.is_dir():
-                # This sweep's lost jobs ended it: its report exits 1 and names them, as it
-                # does for jobs that failed and said so.
+            if t.number in self.lost and job.path.is_dir():
+                # A job this sweep lost: its metrics.json says why (not "its sweep stopped").
+                # When lost jobs ended the search, its report exits 1 and names them, as it
+                # does for jobs that failed and said so; else the search went on without it.
                 with contextlib.suppress(ValueError):
                     if (job.read_metrics() or {}).get("status") in (None, "running"):
-                        job.record_status(self.lost[t.number])
+                        if self.failed_out():
+                            job.record_status(self.lost[t.number])
+                        else:
+                            job.record_status(self.lost[t.number], status="interrupted")
                 continue
             if t.state != TrialState.FAIL or not job.metrics_file.is_file():
                 continue
