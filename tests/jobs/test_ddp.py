@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqmnist.core.machine import usable_cpus
 from tests.helpers import (
     FAST,
     ONE_THREAD,
@@ -222,6 +223,22 @@ def test_slurm_shaped_launch_on_submitit_local_tasks(synthetic_root: Path, tmp_p
     assert "MEMBER: 1/2" in text and "MEMBER: 2/2" in text
     assert "Starting with 2 processes" in text
     assert metrics_of(sweep / "0")["status"] == "completed"
+    # The two tasks share this machine's cores rather than each taking all of them.
+    said = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    assert_the_ranks_share_the_cores(said, metrics_of(sweep / "0"))
+
+
+def assert_the_ranks_share_the_cores(log: str, metrics: dict) -> None:
+    cores = usable_cpus()
+    threads = max(1, cores // 2)
+    plural = "" if threads == 1 else "s"
+    assert f"2 CPU ranks share this machine's {cores} cores: {threads} torch thread{plural}" in log
+    assert f"{cores} CPUs, {threads} torch threads" in metrics["machine"], metrics["machine"]
+
+
+def test_cpu_ranks_started_by_lightning_share_the_cores(uninterrupted: Path) -> None:
+    log = (uninterrupted / "train.log").read_text()
+    assert_the_ranks_share_the_cores(log, metrics_of(uninterrupted))
 
 
 def test_torchrun_copies_share_the_run_dir_they_are_given(

@@ -9,6 +9,7 @@ from torch import nn
 from seqmnist.core.errors import ConfigError
 from seqmnist.models.cpu_gru import gru_train_forward, usable
 from seqmnist.models.nets import RecurrentClassifier
+from tests.models.stacks import assert_trains_like_native, dropout_between_layers
 
 
 @pytest.mark.parametrize(("layers", "bidirectional"), [(1, False), (2, False), (2, True)])
@@ -47,20 +48,7 @@ def test_used_only_to_train_float32_on_cpu() -> None:
 
 
 def test_classifier_with_fused_kernel_trains_like_native() -> None:
-    torch.manual_seed(0)
-    native = RecurrentClassifier(28, 10, cell="gru", hidden_size=16, num_layers=2)
-    fused = RecurrentClassifier(
-        28, 10, cell="gru", hidden_size=16, num_layers=2, cpu_kernel="fused"
-    )
-    fused.load_state_dict(native.state_dict())  # same parameters, same checkpoint keys
-    x, y = torch.randn(8, 28, 28), torch.randint(0, 10, (8,))
-    losses = []
-    for net in (native, fused):
-        loss = nn.functional.cross_entropy(net.train()(x), y)
-        loss.backward()
-        losses.append((loss.item(), net.rnn.weight_hh_l1.grad.clone()))
-    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
-    assert torch.allclose(losses[0][1], losses[1][1], atol=1e-5)
+    assert_trains_like_native("gru")
 
 
 def test_fused_kernel_is_for_gru_and_lstm_only() -> None:
@@ -69,21 +57,7 @@ def test_fused_kernel_is_for_gru_and_lstm_only() -> None:
 
 
 def test_dropout_between_layers_matches_two_single_layer_grus_with_the_same_mask() -> None:
-    torch.manual_seed(0)
-    B, T, n_in, H, p = 3, 6, 7, 5, 0.5
-    gru = nn.GRU(n_in, H, 2, batch_first=True, dropout=p).double().train()
-    layers = [nn.GRU(n_in, H, batch_first=True).double(), nn.GRU(H, H, batch_first=True).double()]
-    for k, layer in enumerate(layers):
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(layer, f"{name}_l0").data = getattr(gru, f"{name}_l{k}").data
-    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
-
-    torch.manual_seed(1)
-    out = gru_train_forward(gru, x)
-    torch.manual_seed(1)  # the only random draw in the pass: layer 1's input mask, time-major
-    mask = nn.functional.dropout(torch.ones(T, B, H, dtype=torch.float64), p).transpose(0, 1)
-    ref = layers[1](layers[0](x)[0] * mask)[0]
-    assert 0 < (mask == 0).sum() < mask.numel()
+    gru, layers, x, out, ref = dropout_between_layers(nn.GRU, gru_train_forward)
     assert torch.allclose(out, ref, atol=1e-12)
 
     grad_out = torch.randn_like(ref)

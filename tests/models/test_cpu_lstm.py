@@ -10,6 +10,7 @@ from torch import nn
 from seqmnist.models import cpu_lstm
 from seqmnist.models.cpu_lstm import _LSTMLayer, lstm_train_forward, usable
 from seqmnist.models.nets import RecurrentClassifier
+from tests.models.stacks import assert_trains_like_native, dropout_between_layers
 
 
 def _grads(out: torch.Tensor, wrt: list[torch.Tensor], grad_out: torch.Tensor):
@@ -82,21 +83,7 @@ def test_used_only_to_train_float32_on_cpu() -> None:
 
 
 def test_dropout_between_layers_matches_two_single_layer_lstms_with_the_same_mask() -> None:
-    torch.manual_seed(0)
-    B, T, n_in, H, p = 3, 6, 7, 5, 0.5
-    lstm = nn.LSTM(n_in, H, 2, batch_first=True, dropout=p).double().train()
-    layers = [nn.LSTM(n_in, H, batch_first=True).double(), nn.LSTM(H, H, batch_first=True).double()]
-    for k, layer in enumerate(layers):
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(layer, f"{name}_l0").data = getattr(lstm, f"{name}_l{k}").data
-    x = torch.randn(B, T, n_in, dtype=torch.float64, requires_grad=True)
-
-    torch.manual_seed(1)
-    out = lstm_train_forward(lstm, x)
-    torch.manual_seed(1)  # the only random draw in the pass: layer 1's input mask, time-major
-    mask = nn.functional.dropout(torch.ones(T, B, H, dtype=torch.float64), p).transpose(0, 1)
-    ref = layers[1](layers[0](x)[0] * mask)[0]
-    assert 0 < (mask == 0).sum() < mask.numel()
+    lstm, layers, x, out, ref = dropout_between_layers(nn.LSTM, lstm_train_forward)
     assert torch.allclose(out, ref, atol=1e-12)
     lstm.dropout = 0.0
     assert not torch.allclose(lstm_train_forward(lstm, x), ref, atol=1e-3)  # the mask acted
@@ -173,21 +160,7 @@ def test_bf16_keeps_the_cell_state_and_gate_maths_in_float32() -> None:
 
 
 def test_classifier_with_fused_kernel_trains_like_native() -> None:
-    torch.manual_seed(0)
-    native = RecurrentClassifier(28, 10, cell="lstm", hidden_size=16, num_layers=2)
-    fused = RecurrentClassifier(
-        28, 10, cell="lstm", hidden_size=16, num_layers=2, cpu_kernel="fused"
-    )
-    fused.load_state_dict(native.state_dict())  # same parameters, same checkpoint keys
-    x, y = torch.randn(8, 28, 28), torch.randint(0, 10, (8,))
-    losses = []
-    for net in (native, fused):
-        loss = nn.functional.cross_entropy(net.train()(x), y)
-        loss.backward()
-        losses.append((loss.item(), net.rnn.weight_hh_l1.grad.clone(), net.rnn.bias_ih_l0.grad))
-    assert losses[0][0] == pytest.approx(losses[1][0], abs=1e-6)
-    for want, got in zip(losses[0][1:], losses[1][1:], strict=True):
-        assert torch.allclose(want, got, atol=1e-5)
+    assert_trains_like_native("lstm")
 
 
 @pytest.mark.parametrize(
