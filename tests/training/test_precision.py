@@ -94,3 +94,35 @@ def test_a_run_saves_the_precision_it_trained_in(
     assert metrics["status"] == "completed"
     saved = OmegaConf.load(run_dir / "resolved_config.yaml")
     assert saved.trainer.precision == chosen  # resume= trains on in the same precision
+
+
+def test_bf16_clips_the_gradients_of_a_fused_optimizer(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's bf16-mixed refuses to clip for fused Adam (written for fp16's GradScaler);
+    bf16 has no scaler, so the project's plugin clips: the experiments clip at 1.0."""
+    cpu_with(monkeypatch, avx512_bf16=True)
+    norms: list[float] = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        total = real(parameters, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))
+        norms.append((float(total), float(after), max_norm))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    metrics = train_in_process(
+        synthetic_root,
+        tmp_path / "run",
+        "trainer.limit_train_batches=3",
+        "trainer.gradient_clip_val=0.01",  # small: every step is clipped
+        "optimizer.lr=0.01",
+    )
+    assert metrics["status"] == "completed", metrics.get("error")
+    saved = OmegaConf.load(tmp_path / "run" / "resolved_config.yaml")
+    assert saved.trainer.precision == "bf16-mixed"
+    assert len(norms) == 3
+    for before, after, max_norm in norms:
+        assert before > max_norm and after == pytest.approx(max_norm, rel=1e-3)

@@ -59,6 +59,10 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     """
     quiet_console()
     precision.resolve(cfg)
+    chosen = precision.trainer_arguments(cfg)
+    if extra := chosen.pop("extra_plugins", None):
+        plugins = [build(p) for p in cfg.trainer.get("plugins") or []]
+        kwargs = {**kwargs, **chosen, "plugins": [*plugins, *extra]}
     try:
         return build(cfg.trainer, **kwargs)
     except InstantiationException as e:

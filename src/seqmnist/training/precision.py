@@ -18,7 +18,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from omegaconf import DictConfig
+from torch.optim import Optimizer
 
 from seqmnist.core.errors import ConfigError
 from seqmnist.core.machine import cpu_bf16_units
@@ -70,3 +73,31 @@ def resolve(cfg: DictConfig) -> str:
         why = f"this machine has bf16 units ({units})" if chosen != "32-true" else "no bf16 units"
         log.info("precision: %s (trainer.precision=auto: %s)", chosen, why)
     return chosen
+
+
+class BF16MixedPrecision(MixedPrecision):
+    """Lightning's ``bf16-mixed`` with gradient clipping allowed for fused optimizers.
+
+    Lightning refuses to clip for an optimizer that unscales gradients itself (fused Adam):
+    under fp16 its GradScaler would leave scaled gradients to clip. bf16 has no scaler, so
+    the gradients are the true ones and clipping them before the step is exact."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__("bf16-mixed", device)
+
+    def clip_gradients(
+        self,
+        optimizer: Optimizer,
+        clip_val: float = 0.0,
+        gradient_clip_algorithm: GradClipAlgorithmType = GradClipAlgorithmType.NORM,
+    ) -> None:
+        Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
+
+
+def trainer_arguments(cfg: DictConfig) -> dict:
+    """What ``build_trainer`` passes besides ``cfg.trainer`` for the chosen precision: for
+    ``bf16-mixed``, :class:`BF16MixedPrecision` in place of Lightning's own."""
+    if str(cfg.trainer.get("precision")) != "bf16-mixed":
+        return {}
+    device = "cuda" if on_gpu(cfg.trainer.get("accelerator", AUTO)) else "cpu"
+    return {"precision": None, "extra_plugins": [BF16MixedPrecision(device)]}
