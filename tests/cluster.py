@@ -118,16 +118,31 @@ def sweep_on_slurm(
     return run_sweep(*SLURM, *args, root=root, sweep_dir=sweep, env=env, timeout=timeout)
 
 
-def sacct_states(job_ids: list[str], env: dict[str, str]) -> dict[str, str]:
-    """SLURM's accounting of each job: its state (COMPLETED, REQUEUED, CANCELLED, ...)."""
-    out = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return dict(line.split("|", 1) for line in out.split() if "|" in line)
+# States of a job that has not ended yet, in SLURM's accounting.
+UNSETTLED = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED")
+
+
+def sacct_states(job_ids: list[str], env: dict[str, str], timeout: float = 60) -> dict[str, str]:
+    """SLURM's accounting of each job, once it has ended: its state (COMPLETED, CANCELLED,
+    FAILED, ...). A sweep has its jobs' results as soon as their Python returns, while
+    slurmd and slurmdbd record the batch script's end a moment later: the states are read
+    until none is unsettled, for up to ``timeout`` seconds (then as they are)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        states = dict(line.split("|", 1) for line in out.split() if "|" in line)
+        settled = len(states) == len(job_ids) and not any(
+            v.startswith(UNSETTLED) for v in states.values()
+        )
+        if settled or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
 
 
 def sacct_runs(job: str, cluster: dict[str, str]) -> list[str]:
