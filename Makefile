@@ -70,7 +70,7 @@ test: install-extras  ## run the test suite (PYTEST_ARGS="-m 'not e2e'" to narro
 # In-process tests only: no file-wide fixture is worth keeping on one worker, so the tests
 # themselves are spread over the two (--dist load).
 XDIST_FAST ?= -n 2 --dist load
-test-fast: install  ## the in-process tests only (no subprocess, no slow ones), on 2 workers: ~1 minute
+test-fast: install  ## the in-process tests only (no subprocess, no slow ones), on 2 workers: ~2 minutes
 	$(PY) -m pytest $(XDIST_FAST) -m "not slow and not e2e" $(PYTEST_ARGS)
 
 lint: install  ## ruff lint and format check
