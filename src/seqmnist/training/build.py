@@ -59,10 +59,9 @@ def build_trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
     """
     quiet_console()
     precision.resolve(cfg)
-    chosen = precision.trainer_arguments(cfg)
-    if extra := chosen.pop("extra_plugins", None):
+    if (chosen := precision.plugin(cfg)) is not None:
         plugins = [build(p) for p in cfg.trainer.get("plugins") or []]
-        kwargs = {**kwargs, **chosen, "plugins": [*plugins, *extra]}
+        kwargs = {**kwargs, "precision": None, "plugins": [*plugins, chosen]}
     try:
         return build(cfg.trainer, **kwargs)
     except InstantiationException as e:

@@ -69,7 +69,8 @@ def resolve(cfg: DictConfig) -> str:
     chosen = choose(before, cfg.trainer.get("accelerator", AUTO))
     cfg.trainer.precision = chosen
     if str(before) == AUTO:
-        units = cpu_bf16_units() if not on_gpu(cfg.trainer.get("accelerator")) else "GPU"
+        gpu = on_gpu(cfg.trainer.get("accelerator", AUTO))
+        units = "GPU" if gpu else cpu_bf16_units()
         why = f"this machine has bf16 units ({units})" if chosen != "32-true" else "no bf16 units"
         log.info("precision: %s (trainer.precision=auto: %s)", chosen, why)
     return chosen
@@ -94,10 +95,9 @@ class BF16MixedPrecision(MixedPrecision):
         Precision.clip_gradients(self, optimizer, clip_val, gradient_clip_algorithm)
 
 
-def trainer_arguments(cfg: DictConfig) -> dict:
-    """What ``build_trainer`` passes besides ``cfg.trainer`` for the chosen precision: for
-    ``bf16-mixed``, :class:`BF16MixedPrecision` in place of Lightning's own."""
+def plugin(cfg: DictConfig) -> Precision | None:
+    """The precision plugin ``build_trainer`` passes in place of ``cfg.trainer.precision``:
+    :class:`BF16MixedPrecision` for ``bf16-mixed``, else None (Lightning's own)."""
     if str(cfg.trainer.get("precision")) != "bf16-mixed":
-        return {}
-    device = "cuda" if on_gpu(cfg.trainer.get("accelerator", AUTO)) else "cpu"
-    return {"precision": None, "extra_plugins": [BF16MixedPrecision(device)]}
+        return None
+    return BF16MixedPrecision("cuda" if on_gpu(cfg.trainer.get("accelerator", AUTO)) else "cpu")
