@@ -345,7 +345,7 @@ def test_a_resumed_run_keeps_every_loggers_history(
 ) -> None:
     """CSV rows, TensorBoard scalars and the MLflow run hold every epoch once after a stop
     in epoch 1 and a resume (Lightning's CSV writer would delete the rows before the stop)."""
-    import mlflow
+    mlflow = pytest.importorskip("mlflow", reason="the tracking extra: make install-extras")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
