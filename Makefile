@@ -86,7 +86,7 @@ tensorboard: install  ## TensorBoard over every run in outputs/
 
 # Sweeps on this machine run two jobs at a time, the cores split between them (1 thread each
 # on 2 cores): small recurrent nets use one core better than two. Measured on a
-# 2-core machine, `make sweep`'s 12 jobs alternately both ways: see README "Performance".
+# 2-core machine, `make sweep`'s 12 jobs alternately both ways: see docs/performance.md.
 # LAUNCHER= (empty) runs one job at a time with every core.
 LAUNCHER ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
 
@@ -94,7 +94,7 @@ LAUNCHER ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
 # another sweep running at the same time cannot be mistaken for it.
 NEW_SWEEP_DIR = outputs/train/multiruns/$$(date +%Y-%m-%d_%H-%M-%S_%6N)
 
-sweep: install  ## cells x depths x 2 seeds, 2 short epochs each (~2.5 min), then the report
+sweep: install  ## cells x depths x 2 seeds, 2 short epochs each (~1.5 min on 2 cores), then the report
 	@dir="$(NEW_SWEEP_DIR)"; status=0; \
 	$(PY) -m seqmnist.train -m cell=rnn,lstm,gru layers=1,2 seed=0,1 trainer.max_epochs=2 \
 		trainer.limit_train_batches=150 trainer.enable_progress_bar=false \
@@ -106,38 +106,41 @@ report: install  ## summarise a sweep: make report DIR=outputs/train/multiruns/<
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<sweep dir>"; exit 2; }
 	$(PY) -m seqmnist.report "$(DIR)"
 
-# The experiments behind the README's results table: those whose conf/experiment/*.yaml says
+# The experiments behind the results table (docs/results.md): those whose conf/experiment/*.yaml says
 # `results: run: true` (the CPU ones; the pixel-by-pixel smnist_lstm/psmnist_lstm need a GPU),
 # each over seeds 0,1,2, as one multirun. Read when the target runs, after the install.
 RESULTS_EXPERIMENTS ?= $(shell $(PY) -m seqmnist.results --list)
 RESULTS_SEEDS ?= 0,1,2
 # Two runs at a time, as `make sweep` (LAUNCHER above).
+# The pages whose markers the two tables go between.
+RESULTS_PAGE ?= docs/results.md
+ANYTIME_PAGE ?= docs/answering-early.md
 RESULTS_LAUNCHER ?= $(LAUNCHER)
 
 # The table is built even when a job failed; the target then exits 1.
-results: install  ## CPU experiments x seeds 0,1,2 (~1 h on 2 cores), then the README tables
+results: install  ## CPU experiments x seeds 0,1,2 (~1 h on 2 cores), then the tables of docs/results.md and docs/answering-early.md
 	@dir="$(NEW_SWEEP_DIR)"; status=0; \
 	echo "results: sweep dir $$dir"; \
 	$(PY) -m seqmnist.train -m experiment=$(RESULTS_EXPERIMENTS) seed=$(RESULTS_SEEDS) \
 		$(RESULTS_LAUNCHER) trainer.enable_progress_bar=false callbacks.model_summary=null \
 		"hydra.sweep.dir=$$dir" $(ARGS) || status=$$?; \
-	$(PY) -m seqmnist.results "$$dir" --readme README.md || status=$$?; \
-	$(PY) -m seqmnist.results "$$dir" --anytime --readme README.md || status=$$?; \
+	$(PY) -m seqmnist.results "$$dir" --readme $(RESULTS_PAGE) || status=$$?; \
+	$(PY) -m seqmnist.results "$$dir" --anytime --readme $(ANYTIME_PAGE) || status=$$?; \
 	exit $$status
 
-results-table: install  ## rebuild the README table only: make results-table DIRS="<sweep dir> ..."
+results-table: install  ## rebuild the results table only: make results-table DIRS="<sweep dir> ..."
 	@test -n "$(DIRS)" || { echo "usage: make results-table DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
-	$(PY) -m seqmnist.results $(DIRS) --readme README.md
+	$(PY) -m seqmnist.results $(DIRS) --readme $(RESULTS_PAGE)
 
 # Early exit over the test set for every run of the sweeps (a forward pass each, ~10 s a run).
-results-anytime: install  ## rebuild the README's answering-early table: make results-anytime DIRS="<sweep dir> ..."
+results-anytime: install  ## rebuild the answering-early table: make results-anytime DIRS="<sweep dir> ..."
 	@test -n "$(DIRS)" || { echo "usage: make results-anytime DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
-	$(PY) -m seqmnist.results $(DIRS) --anytime --readme README.md
+	$(PY) -m seqmnist.results $(DIRS) --anytime --readme $(ANYTIME_PAGE)
 
-# The pruning measurement of the README: the same seeded search with each pruner, one after the
+# The pruning measurement of docs/sweeps-and-search.md: the same seeded search with each pruner, one after the
 # other (each runs two trials at a time on the two cores), then one table comparing them.
 SEARCH_PRUNERS ?= none median percentile hyperband asha
-search-compare: install  ## the same Optuna search with each pruner (~30 min), then a comparison
+search-compare: install  ## the same Optuna search with each pruner (~15 min on 2 cores), then a comparison
 	@base="outputs/train/multiruns/search-compare-$$(date +%Y-%m-%d_%H-%M-%S)"; dirs=""; \
 	for p in $(SEARCH_PRUNERS); do \
 		$(PY) -m seqmnist.train hparams_search=optuna_compare hydra.sweeper.pruner=$$p \
@@ -162,7 +165,7 @@ export: install-extras  ## ONNX/TorchScript: make export CKPT=<.ckpt or run dir>
 	@test -n "$(CKPT)" || { echo "usage: make export CKPT=<.ckpt or run dir> [FORMAT=onnx|torchscript] [ARGS=\"out=FILE\"]"; exit 2; }
 	$(PY) -m seqmnist.export ckpt_path="$(CKPT)" format=$(or $(FORMAT),onnx) $(ARGS)
 
-# The README's parity table: a short real-data run of each model kind (every cell, the fused
+# The parity table of docs/using-a-model.md: a short real-data run of each model kind (every cell, the fused
 # CPU GRU, 3 layers, bidirectional, permuted pixels), each exported both ways and checked on
 # 256 test images (~3 min). Runs land in outputs/export-parity/.
 PARITY_KINDS ?= rnn:cell=rnn lstm:cell=lstm gru-fused:cell=gru \

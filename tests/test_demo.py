@@ -30,7 +30,7 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.fixture(scope="module")
 def ckpt(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model to serve: SEQMNIST_DEMO_CKPT (to take the README's screenshot with a trained
+    """A model to serve: SEQMNIST_DEMO_CKPT (to take the docs' screenshot with a trained
     model) or a tiny one trained on the synthetic data."""
     if os.environ.get("SEQMNIST_DEMO_CKPT"):
         return Path(os.environ["SEQMNIST_DEMO_CKPT"])

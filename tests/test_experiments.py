@@ -344,8 +344,8 @@ def test_make_results_runs_the_experiments_marked_to_run(capsys: pytest.CaptureF
     assert "seqmnist.results --list" in (PROJECT_ROOT / "Makefile").read_text()
 
 
-def test_readme_lists_every_experiment() -> None:
-    text = (PROJECT_ROOT / "README.md").read_text()
+def test_the_training_page_lists_every_experiment() -> None:
+    text = (PROJECT_ROOT / "docs" / "training.md").read_text()
     start, end = ex.CATALOGUE_MARKERS
     block = text.split(start + "\n", 1)[1].split(end, 1)[0]
     assert block.strip() == ex.catalogue_markdown(ex.catalogue()).strip()

@@ -1,6 +1,6 @@
 """The architecture as the package layout shows it: data flows one way (files -> data ->
 models -> training -> run dir -> reports), no lower layer imports a higher one, each path and
-each library internal has one home, and the README's Layout names every module."""
+each library internal has one home, and the Layout of docs/development.md names every module."""
 
 from __future__ import annotations
 
@@ -179,17 +179,17 @@ def test_run_dir_paths_have_one_home(path: Path) -> None:
 
 
 def layout_block() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "development.md").read_text()
+    section = page.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     return section.split("```", 2)[1]
 
 
-def test_the_readme_layout_names_every_module_and_only_those() -> None:
+def test_the_layout_page_names_every_module_and_only_those() -> None:
     block = layout_block()
     named = set(re.findall(r"\b([a-z_]+)\.py\b", block))
     files = {p.stem for p in [*MODULES, *PLUGIN_MODULES] if p.stem not in ("__init__", "__main__")}
-    assert files - named == set(), f"modules the README's Layout does not name: {files - named}"
-    assert named - files == set(), f"the README's Layout names missing modules: {named - files}"
+    assert files - named == set(), f"modules the Layout does not name: {files - named}"
+    assert named - files == set(), f"the Layout names missing modules: {named - files}"
     for package in LAYERS:
         assert (SRC / package / "__init__.py").is_file()
         assert re.search(rf"^\s+{package}/", block, re.M), f"{package}/ is not in the Layout"

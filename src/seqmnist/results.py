@@ -1,18 +1,19 @@
-"""The README's results table: ``python -m seqmnist.results SWEEP_DIR [SWEEP_DIR...] [--readme]``.
+"""The results table: ``python -m seqmnist.results SWEEP_DIR [SWEEP_DIR...] [--readme PAGE]``.
 
 ``make results`` runs the experiments marked ``run: true`` in ``conf/experiment/`` over seeds
 0, 1, 2 as one multirun and then calls this; ``make results-table DIRS="..."`` calls only
 this. It writes ``results_experiments.md`` and ``results_experiments.csv`` into the first
 directory (``results.md``/``.csv`` are the per-job sweep report of ``seqmnist.report``),
 prints the table and, with ``--readme``, replaces the text between the
-``<!-- results:start -->`` and ``<!-- results:end -->`` markers of the README.
+``<!-- results:start -->`` and ``<!-- results:end -->`` markers of that page.
 
 ``--anytime`` builds the answering-early table instead (:mod:`seqmnist.reports.anytime`:
 each run's checkpoint read over the test set with early exit) into ``results_anytime.md`` /
 ``.csv`` and, with ``--readme``, between the ``<!-- anytime:start -->`` markers.
 
-``--list`` prints the experiments that ``make results`` runs (comma-separated), ``--catalogue
-README`` rewrites the README's list of experiments between its ``experiments`` markers.
+The pages are docs/results.md and docs/answering-early.md. ``--list`` prints the experiments
+that ``make results`` runs (comma-separated), ``--catalogue PAGE`` rewrites a page's list of
+experiments (docs/training.md) between its ``experiments`` markers.
 Exit status: 0, or 1 when no run completed or some job failed, 2 for bad arguments.
 """
 
@@ -39,7 +40,7 @@ def table(sweep_dirs: list[Path], readme: Path | None) -> int:
         if not d.is_dir():
             raise ex.ExperimentError(f"{d} is not a directory")
     readme_text = None
-    if readme is not None:  # check the markers before any work, so a bad README costs nothing
+    if readme is not None:  # check the markers before any work, so a bad page costs nothing
         readme_text = _readme(readme)
         try:
             ex.replace_block(readme_text, "")
@@ -96,7 +97,7 @@ def anytime_table(sweep_dirs: list[Path], readme: Path | None, budget: float | N
         if not d.is_dir():
             raise ex.ExperimentError(f"{d} is not a directory")
     readme_text = _readme(readme) if readme is not None else None
-    if readme_text is not None:  # the markers first: a bad README costs no evaluation
+    if readme_text is not None:  # the markers first: a bad page costs no evaluation
         try:
             ex.replace_block(readme_text, "", anytime.MARKERS)
         except ex.ExperimentError as e:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme",
         type=Path,
-        metavar="README",
+        metavar="PAGE",
         help="replace the table between the results markers of this file",
     )
     parser.add_argument(
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--catalogue",
         type=Path,
-        metavar="README",
-        help="rewrite the list of experiments between its markers in README",
+        metavar="PAGE",
+        help="rewrite the list of experiments between its markers in PAGE",
     )
     args = parser.parse_args(argv)
     if args.list:

@@ -263,15 +263,15 @@ def test_readme_without_proper_markers_is_an_error(tmp_path: Path, capsys, broke
     readme.write_text(broken)
     assert results.main([str(sweep), "--readme", str(readme)]) == 2
     err = capsys.readouterr().err
-    assert "<!-- results:start -->" in err and "## Results" in err
+    assert "<!-- results:start -->" in err and "docs/results.md" in err
     assert readme.read_text() == broken  # untouched
     assert not (sweep / ex.MD_NAME).exists()  # stopped before any work
 
 
-def test_project_readme_has_the_markers() -> None:
-    text = (PROJECT_ROOT / "README.md").read_text()
+def test_the_results_page_has_the_markers() -> None:
+    text = (PROJECT_ROOT / "docs" / "results.md").read_text()
     ex.replace_block(text, "")  # raises without exactly one pair in order
-    assert text.index("## Results") < text.index(ex.RESULTS_MARKERS[0])
+    assert text.index("## Experiment table") < text.index(ex.RESULTS_MARKERS[0])
 
 
 def test_every_experiment_says_what_it_is(tmp_path: Path) -> None:

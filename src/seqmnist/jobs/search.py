@@ -50,8 +50,7 @@ PRUNERS = {
 }
 # Where each pruner starts judging: the median pruner once three trials have set a standard,
 # from the first epoch on; hyperband runs successive halving from one epoch up, keeping a
-# third at each rung. (make search-compare measured the choice: README "Hyper-parameter
-# search".)
+# third at each rung. (make search-compare measured the choice: docs/sweeps-and-search.md.)
 PRUNER_DEFAULTS: dict[str, dict[str, Any]] = {
     "MedianPruner": {"n_startup_trials": 3, "n_warmup_steps": 0},
     # Keeps the best quarter of the trials at each epoch: more aggressive than the median.

@@ -1,8 +1,8 @@
 """Training on every step: the shared head's cross-entropy after each step read, weighted
 over the steps (``model.anytime_loss``), so the net learns to answer before the last step.
 
-A net trained on its last step alone knows nothing until late (the README's anytime curve);
-one trained on every step answers as the rows arrive, and early exit
+A net trained on its last step alone knows nothing until late (the anytime curve of
+docs/using-a-model.md); one trained on every step answers as the rows arrive, and early exit
 (:mod:`seqmnist.inference.early_exit`) can stop reading once it is sure.
 
 The weightings (each sums to 1 over the T steps; ``w_t`` is step t's weight, t = 1..T):

@@ -1,5 +1,5 @@
-"""The README's answering-early table: for each experiment of one or more sweeps, how soon its
-runs answer, evaluated on the full test set with early exit.
+"""The answering-early table (docs/answering-early.md): for each experiment of one or more
+sweeps, how soon its runs answer, evaluated on the full test set with early exit.
 
 Every completed run's best checkpoint is read once over the test set
 (:func:`seqmnist.reports.evaluation.compute`); each row gives, as mean +- sample std over
@@ -119,7 +119,7 @@ def table_row(s: dict[str, Any]) -> dict[str, str]:
 def markdown(
     summaries: list[dict[str, Any]], command: str, budget: float | None, skipped: list[str]
 ) -> str:
-    """The table and its notes: the block between the README's anytime markers."""
+    """The table and its notes: the block between the page's anytime markers."""
     rows = [table_row(s) for s in summaries]
     columns = list(rows[0]) if rows else []
     table = tables.markdown_table(rows, columns, right=tuple(c for c in columns[1:]))

@@ -1,8 +1,8 @@
-"""Experiments: the catalogue of ``conf/experiment/`` and the README's results table.
+"""Experiments: the catalogue of ``conf/experiment/`` and the results table (docs/results.md).
 
 Each ``conf/experiment/<name>.yaml`` says what it is (its first comment line) and, in its
 ``results:`` block, its row in the table, whether ``make results`` runs it, its target and a
-reference figure. Everything that lists experiments (the README, the Makefile's
+reference figure. Everything that lists experiments (the docs, the Makefile's
 ``make results``, the tests) reads them from here.
 
 The table groups the completed jobs of one or more sweep directories by the experiment they
@@ -65,7 +65,7 @@ CSV_COLUMNS = [
 
 
 class ExperimentError(SeqMNISTError):
-    """An experiment file or a README block is not as the results table needs it."""
+    """An experiment file or a page's block is not as the results table needs it."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def catalogue(conf_dir: Path = EXPERIMENT_DIR) -> list[Experiment]:
 
 
 def catalogue_markdown(experiments: list[Experiment]) -> str:
-    """The README's list of experiments: name and what it is."""
+    """The list of experiments (docs/training.md): name and what it is."""
     rows = [{"name": f"`{e.name}`", "what it is": e.what} for e in experiments]
     return tables.markdown_table(rows, ["name", "what it is"])
 
@@ -237,7 +237,7 @@ def markdown(
     sweeps: list[Path],
     fallback_machine: str | None,
 ) -> str:
-    """The table with its notes: the block that goes between the README markers."""
+    """The table with its notes: the block that goes between the page's markers."""
     table = tables.markdown_table(
         table_rows(summaries, fallback_machine),
         COLUMNS,
@@ -309,7 +309,8 @@ def replace_block(text: str, block: str, markers: tuple[str, str] = RESULTS_MARK
     if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
         raise ExperimentError(
             f"expected one '{start}' line followed by one '{end}' line (found {len(starts)} "
-            f"and {len(ends)}); add them to the README's '## Results' section"
+            f"and {len(ends)}); add them to the page's table section (docs/results.md, "
+            "docs/answering-early.md)"
         )
     body = block.strip() + "\n"
     return "".join(lines[: starts[0] + 1]) + body + "".join(lines[ends[0] :])
