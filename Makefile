@@ -124,18 +124,18 @@ results: install  ## CPU experiments x seeds 0,1,2 (~1 h on 2 cores), then the t
 	$(PY) -m seqmnist.train -m experiment=$(RESULTS_EXPERIMENTS) seed=$(RESULTS_SEEDS) \
 		$(RESULTS_LAUNCHER) trainer.enable_progress_bar=false callbacks.model_summary=null \
 		"hydra.sweep.dir=$$dir" $(ARGS) || status=$$?; \
-	$(PY) -m seqmnist.results "$$dir" --readme $(RESULTS_PAGE) || status=$$?; \
-	$(PY) -m seqmnist.results "$$dir" --anytime --readme $(ANYTIME_PAGE) || status=$$?; \
+	$(PY) -m seqmnist.results "$$dir" --page $(RESULTS_PAGE) || status=$$?; \
+	$(PY) -m seqmnist.results "$$dir" --anytime --page $(ANYTIME_PAGE) || status=$$?; \
 	exit $$status
 
 results-table: install  ## rebuild the results table only: make results-table DIRS="<sweep dir> ..."
 	@test -n "$(DIRS)" || { echo "usage: make results-table DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
-	$(PY) -m seqmnist.results $(DIRS) --readme $(RESULTS_PAGE)
+	$(PY) -m seqmnist.results $(DIRS) --page $(RESULTS_PAGE)
 
 # Early exit over the test set for every run of the sweeps (a forward pass each, ~10 s a run).
 results-anytime: install  ## rebuild the answering-early table: make results-anytime DIRS="<sweep dir> ..."
 	@test -n "$(DIRS)" || { echo "usage: make results-anytime DIRS=\"<sweep dir> [<sweep dir> ...]\""; exit 2; }
-	$(PY) -m seqmnist.results $(DIRS) --anytime --readme $(ANYTIME_PAGE)
+	$(PY) -m seqmnist.results $(DIRS) --anytime --page $(ANYTIME_PAGE)
 
 # The pruning measurement of docs/sweeps-and-search.md: the same seeded search with each pruner, one after the
 # other (each runs two trials at a time on the two cores), then one table comparing them.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from seqmnist.jobs.search import WAITING_STATES
 from tests.helpers import PROJECT_ROOT, run_sweep
 
 ENV_FILE = PROJECT_ROOT / "outputs" / "cluster" / "env.sh"
@@ -118,15 +119,12 @@ def sweep_on_slurm(
     return run_sweep(*SLURM, *args, root=root, sweep_dir=sweep, env=env, timeout=timeout)
 
 
-# States of a job that has not ended yet, in SLURM's accounting.
-UNSETTLED = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED")
-
-
 def sacct_states(job_ids: list[str], env: dict[str, str], timeout: float = 60) -> dict[str, str]:
     """SLURM's accounting of each job, once it has ended: its state (COMPLETED, CANCELLED,
     FAILED, ...). A sweep has its jobs' results as soon as their Python returns, while
     slurmd and slurmdbd record the batch script's end a moment later: the states are read
-    until none is unsettled, for up to ``timeout`` seconds (then as they are)."""
+    until none is still one of ``WAITING_STATES``, for up to ``timeout`` seconds (then as
+    they are)."""
     deadline = time.monotonic() + timeout
     while True:
         out = subprocess.run(
@@ -138,7 +136,7 @@ def sacct_states(job_ids: list[str], env: dict[str, str], timeout: float = 60) -
         ).stdout
         states = dict(line.split("|", 1) for line in out.split() if "|" in line)
         settled = len(states) == len(job_ids) and not any(
-            v.startswith(UNSETTLED) for v in states.values()
+            v.split(" ", 1)[0] in WAITING_STATES for v in states.values()
         )
         if settled or time.monotonic() > deadline:
             return states

@@ -1,15 +1,15 @@
-"""The results table: ``python -m seqmnist.results SWEEP_DIR [SWEEP_DIR...] [--readme PAGE]``.
+"""The results table: ``python -m seqmnist.results SWEEP_DIR [SWEEP_DIR...] [--page PAGE]``.
 
 ``make results`` runs the experiments marked ``run: true`` in ``conf/experiment/`` over seeds
 0, 1, 2 as one multirun and then calls this; ``make results-table DIRS="..."`` calls only
 this. It writes ``results_experiments.md`` and ``results_experiments.csv`` into the first
 directory (``results.md``/``.csv`` are the per-job sweep report of ``seqmnist.report``),
-prints the table and, with ``--readme``, replaces the text between the
+prints the table and, with ``--page``, replaces the text between the
 ``<!-- results:start -->`` and ``<!-- results:end -->`` markers of that page.
 
 ``--anytime`` builds the answering-early table instead (:mod:`seqmnist.reports.anytime`:
 each run's checkpoint read over the test set with early exit) into ``results_anytime.md`` /
-``.csv`` and, with ``--readme``, between the ``<!-- anytime:start -->`` markers.
+``.csv`` and, with ``--page``, between the ``<!-- anytime:start -->`` markers.
 
 The pages are docs/results.md and docs/answering-early.md. ``--list`` prints the experiments
 that ``make results`` runs (comma-separated), ``--catalogue PAGE`` rewrites a page's list of
@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         help="multirun dirs (outputs/train/multiruns/...) or single run dirs",
     )
     parser.add_argument(
-        "--readme",
+        "--page",
+        "--readme",  # its first name, when the tables were in the README
+        dest="readme",
         type=Path,
         metavar="PAGE",
         help="replace the table between the results markers of this file",

@@ -64,7 +64,7 @@ HEARTBEAT_ATTR = "seqmnist:heartbeat"  # a trial's last sign of life (seconds si
 # (SLURM holds a requeued job back for at least its cred_expire, 120 s by default).
 REQUEUED_ATTR = "seqmnist:requeued_job"
 # SLURM job states of a job that will still run (or runs): its trial is not stale.
-_WAITING_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
+WAITING_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED"}
 
 
 def quiet_optuna() -> None:
@@ -459,7 +459,7 @@ def still_queued(job_ids: list[str], timeout: float = 30) -> set[str] | None:
     waiting = set()
     for line in done.stdout.splitlines():
         job, _, state = line.strip().partition(" ")
-        if state in _WAITING_STATES:
+        if state in WAITING_STATES:
             waiting.add(job)
     return waiting
 
